@@ -1,0 +1,574 @@
+/*
+ * Load-time graph work: the value table, topological order, binding nodes
+ * to registry rows, and the optimisation passes (identity removal, constant
+ * folding, Conv+BatchNormalization folding, activation fusion).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph.h"
+
+/* ---- the value table -------------------------------------------------- */
+
+static uint64_t hash_name(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+static int rehash(maskd_model *m, int cap)
+{
+    int *slots = malloc((size_t)cap * sizeof *slots);
+    if (!slots) return -1;
+    for (int i = 0; i < cap; i++) slots[i] = -1;
+    for (int id = 0; id < m->n_values; id++) {
+        uint64_t h = hash_name(m->values[id].name) & (uint64_t)(cap - 1);
+        while (slots[h] >= 0) h = (h + 1) & (uint64_t)(cap - 1);
+        slots[h] = id;
+    }
+    free(m->name_slots);
+    m->name_slots = slots;
+    m->name_cap = cap;
+    return 0;
+}
+
+int mk_value_find(const maskd_model *m, const char *name)
+{
+    if (!m->name_cap) return -1;
+    uint64_t h = hash_name(name) & (uint64_t)(m->name_cap - 1);
+    while (m->name_slots[h] >= 0) {
+        if (!strcmp(m->values[m->name_slots[h]].name, name)) return m->name_slots[h];
+        h = (h + 1) & (uint64_t)(m->name_cap - 1);
+    }
+    return -1;
+}
+
+int mk_value_add(maskd_model *m, const char *name, mk_error *err)
+{
+    if (m->n_values == m->cap_values) {
+        int cap = m->cap_values ? m->cap_values * 2 : 64;
+        mk_value *v = realloc(m->values, (size_t)cap * sizeof *v);
+        if (!v) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory"), -1;
+        m->values = v;
+        m->cap_values = cap;
+    }
+    mk_value *v = &m->values[m->n_values];
+    memset(v, 0, sizeof *v);
+    v->name = strdup(name);
+    if (!v->name) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory"), -1;
+    v->producer = -1;
+    v->t.ndim = -1;
+    int id = m->n_values++;
+    if (m->n_values * 2 > m->name_cap) {
+        if (rehash(m, m->name_cap ? m->name_cap * 2 : 128))
+            return mk_fail(err, MASKD_ERR_NOMEM, "out of memory"), -1;
+    } else {
+        uint64_t h = hash_name(name) & (uint64_t)(m->name_cap - 1);
+        while (m->name_slots[h] >= 0) h = (h + 1) & (uint64_t)(m->name_cap - 1);
+        m->name_slots[h] = id;
+    }
+    return id;
+}
+
+/* A new initializer value holding `t` (ownership of t->data moves in). */
+static int add_initializer(maskd_model *m, const char *base, const char *suffix, mk_tensor *t,
+                           mk_error *err)
+{
+    char name[512];
+    for (int k = 0;; k++) {
+        snprintf(name, sizeof name, "%s%s%.0d", base, suffix, k);
+        if (mk_value_find(m, name) < 0) break;
+    }
+    int id = mk_value_add(m, name, err);
+    if (id < 0) return -1;
+    m->values[id].t = *t;
+    m->values[id].is_initializer = true;
+    return id;
+}
+
+void mk_node_clear(mk_node *n)
+{
+    if (n->op && n->op->release && n->state) n->op->release(n->state);
+    for (int i = 0; i < n->n_attrs; i++) {
+        mk_attr *a = &n->attrs[i];
+        free(a->name);
+        free(a->s);
+        if (a->t) mk_aligned_free(a->t->data);
+        free(a->t);
+        free(a->floats);
+        free(a->ints);
+        if (a->strings)
+            for (int j = 0; j < a->n; j++) free(a->strings[j]);
+        free(a->strings);
+    }
+    free(n->attrs);
+    free(n->inputs);
+    free(n->outputs);
+    free(n->name);
+    free(n->op_type);
+    free(n->domain);
+    memset(n, 0, sizeof *n);
+}
+
+/* ---- order and uses ---------------------------------------------------- */
+
+int mk_graph_sort(maskd_model *m, mk_error *err)
+{
+    int n = m->n_nodes;
+    int *indegree = calloc((size_t)n + 1, sizeof(int));
+    int *order = malloc(((size_t)n + 1) * sizeof(int));
+    /* consumers in CSR form: for each value, the nodes reading it */
+    int *start = calloc((size_t)m->n_values + 1, sizeof(int));
+    int *fill = calloc((size_t)m->n_values + 1, sizeof(int));
+    int total = 0;
+    for (int k = 0; k < n; k++) total += m->nodes[k].n_inputs;
+    int *readers = malloc(((size_t)total + 1) * sizeof(int));
+    int rc = MASKD_OK;
+    if (!indegree || !order || !start || !fill || !readers) {
+        rc = mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < m->nodes[k].n_inputs; i++) {
+            int id = m->nodes[k].inputs[i];
+            if (id >= 0 && m->values[id].producer >= 0) {
+                indegree[k]++;
+                start[id + 1]++;
+            }
+        }
+    for (int v = 0; v < m->n_values; v++) start[v + 1] += start[v];
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < m->nodes[k].n_inputs; i++) {
+            int id = m->nodes[k].inputs[i];
+            if (id >= 0 && m->values[id].producer >= 0) readers[start[id] + fill[id]++] = k;
+        }
+    /* Kahn's algorithm; a ready node list kept in file order keeps the
+     * result stable and close to what the exporter wrote. */
+    int head = 0, tail = 0;
+    for (int k = 0; k < n; k++)
+        if (!indegree[k]) order[tail++] = k;
+    while (head < tail) {
+        int k = order[head++];
+        for (int o = 0; o < m->nodes[k].n_outputs; o++) {
+            int id = m->nodes[k].outputs[o];
+            if (id < 0) continue;
+            for (int r = start[id]; r < start[id + 1]; r++)
+                if (--indegree[readers[r]] == 0) order[tail++] = readers[r];
+        }
+    }
+    if (tail < n) {
+        for (int k = 0; k < n; k++)
+            if (indegree[k]) {
+                rc = mk_fail(err, MASKD_ERR_INVALID,
+                             "the graph has a cycle (node '%s' depends on its own output)",
+                             m->nodes[k].name);
+                break;
+            }
+        goto out;
+    }
+    mk_node *sorted = malloc(((size_t)n + 1) * sizeof *sorted);
+    if (!sorted) {
+        rc = mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) sorted[i] = m->nodes[order[i]];
+    free(m->nodes);
+    m->nodes = sorted;
+    for (int k = 0; k < n; k++)
+        for (int o = 0; o < m->nodes[k].n_outputs; o++)
+            if (m->nodes[k].outputs[o] >= 0) m->values[m->nodes[k].outputs[o]].producer = k;
+out:
+    free(indegree);
+    free(order);
+    free(start);
+    free(fill);
+    free(readers);
+    return rc;
+}
+
+void mk_graph_count_uses(maskd_model *m)
+{
+    for (int v = 0; v < m->n_values; v++) {
+        m->values[v].n_consumers = 0;
+        m->values[v].producer = -1;
+    }
+    for (int k = 0; k < m->n_nodes; k++) {
+        for (int i = 0; i < m->nodes[k].n_inputs; i++)
+            if (m->nodes[k].inputs[i] >= 0) m->values[m->nodes[k].inputs[i]].n_consumers++;
+        for (int o = 0; o < m->nodes[k].n_outputs; o++)
+            if (m->nodes[k].outputs[o] >= 0) m->values[m->nodes[k].outputs[o]].producer = k;
+    }
+}
+
+/* Drops the nodes marked dead, keeping order. */
+static void remove_dead(maskd_model *m, const bool *dead)
+{
+    int w = 0;
+    for (int k = 0; k < m->n_nodes; k++) {
+        if (dead[k]) {
+            mk_node_clear(&m->nodes[k]);
+            continue;
+        }
+        m->nodes[w++] = m->nodes[k];
+    }
+    m->n_nodes = w;
+    mk_graph_count_uses(m);
+}
+
+static void replace_uses(maskd_model *m, int from, int to)
+{
+    for (int k = 0; k < m->n_nodes; k++)
+        for (int i = 0; i < m->nodes[k].n_inputs; i++)
+            if (m->nodes[k].inputs[i] == from) m->nodes[k].inputs[i] = to;
+}
+
+/* ---- binding ----------------------------------------------------------- */
+
+int mk_graph_bind_ops(maskd_model *m, mk_error *err)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *n = &m->nodes[k];
+        n->op = mk_op_find(n->domain, n->op_type, n->opset);
+        if (n->op) continue;
+        const char *dom = n->domain[0] ? n->domain : "ai.onnx";
+        if (mk_op_known(n->domain, n->op_type))
+            return mk_fail(err, MASKD_ERR_UNSUPPORTED,
+                           "operator %s (domain %s) is not supported at opset %d (node '%s')",
+                           n->op_type, dom, n->opset, n->name);
+        return mk_fail(err, MASKD_ERR_UNSUPPORTED,
+                       "unsupported operator %s (domain %s, opset %d) at node '%s'", n->op_type,
+                       dom, n->opset, n->name);
+    }
+    return MASKD_OK;
+}
+
+void mk_ctx_init(mk_ctx *c, mk_node *n, mk_tensor **in, mk_tensor **out, mk_pool *pool,
+                 mk_error *err)
+{
+    memset(c, 0, sizeof *c);
+    c->node = n;
+    c->n_in = n->n_inputs;
+    c->n_out = n->n_outputs;
+    c->in = in;
+    c->out = out;
+    c->pool = pool;
+    c->err = err;
+}
+
+/* Pointers to the model-level tensors of node n's inputs and outputs. */
+static int node_tensors(maskd_model *m, mk_node *n, mk_tensor ***in, mk_tensor ***out)
+{
+    *in = calloc((size_t)n->n_inputs + 1, sizeof **in);
+    *out = calloc((size_t)n->n_outputs + 1, sizeof **out);
+    if (!*in || !*out) return -1;
+    for (int i = 0; i < n->n_inputs; i++)
+        (*in)[i] = n->inputs[i] >= 0 ? &m->values[n->inputs[i]].t : NULL;
+    for (int i = 0; i < n->n_outputs; i++)
+        (*out)[i] = n->outputs[i] >= 0 ? &m->values[n->outputs[i]].t : NULL;
+    return 0;
+}
+
+int mk_graph_prepare_ops(maskd_model *m, mk_error *err)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *n = &m->nodes[k];
+        if (!n->op->prepare) continue;
+        mk_tensor **in, **out;
+        mk_tensor *unknown = calloc((size_t)n->n_inputs + 1, sizeof *unknown);
+        if (!unknown || node_tensors(m, n, &in, &out)) {
+            free(unknown);
+            free(in);
+            free(out);
+            return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        }
+        /* Only initializers are known before a session binds input shapes. */
+        for (int i = 0; i < n->n_inputs; i++) {
+            if (!in[i] || m->values[n->inputs[i]].is_initializer) continue;
+            unknown[i].dtype = in[i]->dtype;
+            unknown[i].ndim = -1;
+            in[i] = &unknown[i];
+        }
+        mk_ctx c;
+        mk_ctx_init(&c, n, in, out, NULL, err);
+        int rc = n->op->prepare(&c);
+        free(unknown);
+        free(in);
+        free(out);
+        if (rc) {
+            if (rc != err->code || !err->message[0])
+                mk_fail(err, rc, "node '%s' (%s) could not be prepared", n->name, n->op_type);
+            return rc;
+        }
+    }
+    return MASKD_OK;
+}
+
+int mk_node_eval(mk_node *n, mk_tensor **in, mk_tensor **out, mk_error *err)
+{
+    mk_ctx c;
+    mk_ctx_init(&c, n, in, out, NULL, err);
+    int rc = n->op->infer(&c);
+    if (rc == MK_DYNAMIC)
+        return mk_fail(err, MASKD_ERR_RUNTIME, "node '%s' (%s): shape unknown with all inputs known",
+                       n->name, n->op_type);
+    if (rc) return rc;
+    for (int i = 0; i < n->n_outputs; i++) {
+        if (!out[i]) continue;
+        if (maskd_dtype_size(out[i]->dtype) == 0)
+            return mk_fail(err, MASKD_ERR_RUNTIME, "node '%s' (%s): output %d has no type",
+                           n->name, n->op_type, i);
+        out[i]->data = mk_aligned_alloc(mk_nbytes(out[i]));
+        if (!out[i]->data) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+    }
+    c.scratch = c.scratch_bytes ? mk_aligned_alloc(c.scratch_bytes) : NULL;
+    if (c.scratch_bytes && !c.scratch) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+    rc = n->op->run(&c);
+    mk_aligned_free(c.scratch);
+    return rc;
+}
+
+/* ---- optimisation passes ----------------------------------------------- */
+
+static bool is_const_input(const maskd_model *m, const mk_node *n, int i)
+{
+    return i < n->n_inputs && n->inputs[i] >= 0 && m->values[n->inputs[i]].is_initializer;
+}
+
+/* Identity (and inference-mode Dropout) just forwards its input. */
+static void pass_remove_identity(maskd_model *m, bool *dead)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *n = &m->nodes[k];
+        bool dropout = !strcmp(n->op_type, "Dropout") && !n->domain[0];
+        if (!(!strcmp(n->op_type, "Identity") && !n->domain[0]) && !dropout) continue;
+        if (n->n_inputs < 1 || n->inputs[0] < 0 || n->n_outputs < 1 || n->outputs[0] < 0) continue;
+        if (dropout && n->n_outputs > 1 && n->outputs[1] >= 0) continue; /* mask is read */
+        if (dropout && n->n_inputs > 2 && n->inputs[2] >= 0) continue;   /* training_mode */
+        int out = n->outputs[0];
+        if (m->values[out].is_graph_output) continue;
+        replace_uses(m, out, n->inputs[0]);
+        dead[k] = true;
+    }
+}
+
+/* Nodes whose inputs are all initializers are run once, now. */
+static int pass_fold_constants(maskd_model *m, bool *dead, mk_error *err)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *n = &m->nodes[k];
+        if (dead[k] || n->op->no_fold) continue;
+        bool all_const = true;
+        for (int i = 0; i < n->n_inputs; i++)
+            if (n->inputs[i] >= 0 && !m->values[n->inputs[i]].is_initializer) all_const = false;
+        if (!all_const) continue;
+        bool to_output = false;
+        for (int o = 0; o < n->n_outputs; o++)
+            if (n->outputs[o] >= 0 && m->values[n->outputs[o]].is_graph_output) to_output = true;
+        (void)to_output; /* a constant output is still served from its initializer */
+        mk_tensor **in, **out;
+        if (node_tensors(m, n, &in, &out)) {
+            free(in);
+            free(out);
+            return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        }
+        int rc = mk_node_eval(n, in, out, err);
+        free(in);
+        free(out);
+        if (rc) {
+            char msg[sizeof err->message];
+            snprintf(msg, sizeof msg, "%s", err->message);
+            return mk_fail(err, rc, "node '%s' (%s): %s", n->name, n->op_type, msg);
+        }
+        for (int o = 0; o < n->n_outputs; o++)
+            if (n->outputs[o] >= 0) m->values[n->outputs[o]].is_initializer = true;
+        dead[k] = true;
+    }
+    return MASKD_OK;
+}
+
+/* The single node reading value v, or -1 when there are several or none. */
+static int sole_consumer(const maskd_model *m, const bool *dead, int v)
+{
+    int found = -1;
+    for (int k = 0; k < m->n_nodes; k++) {
+        if (dead[k]) continue;
+        for (int i = 0; i < m->nodes[k].n_inputs; i++)
+            if (m->nodes[k].inputs[i] == v) {
+                if (found >= 0 && found != k) return -1;
+                found = k;
+            }
+    }
+    return found;
+}
+
+static bool is_op(const mk_node *n, const char *type)
+{
+    return !n->domain[0] && !strcmp(n->op_type, type);
+}
+
+/* Conv followed by inference BatchNormalization: the normalisation is a
+ * per-output-channel affine map, so it moves into W and B. */
+static int pass_fold_batchnorm(maskd_model *m, bool *dead, mk_error *err)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *conv = &m->nodes[k];
+        if (dead[k] || !is_op(conv, "Conv") || conv->n_outputs != 1 || conv->act) continue;
+        if (!is_const_input(m, conv, 1)) continue;
+        if (conv->n_inputs > 2 && conv->inputs[2] >= 0 && !is_const_input(m, conv, 2)) continue;
+        int y = conv->outputs[0];
+        if (y < 0 || m->values[y].is_graph_output) continue;
+        int b = sole_consumer(m, dead, y);
+        if (b < 0) continue;
+        mk_node *bn = &m->nodes[b];
+        if (!is_op(bn, "BatchNormalization") || bn->n_inputs != 5 || bn->inputs[0] != y) continue;
+        if (bn->n_outputs > 1) {
+            bool extra = false;
+            for (int o = 1; o < bn->n_outputs; o++) extra |= bn->outputs[o] >= 0;
+            if (extra) continue;
+        }
+        if (mk_attr_int(bn, "training_mode", 0)) continue;
+        bool consts = true;
+        for (int i = 1; i < 5; i++) consts &= is_const_input(m, bn, i);
+        if (!consts) continue;
+        const mk_tensor *w = &m->values[conv->inputs[1]].t;
+        if (w->dtype != MASKD_FLOAT || w->ndim < 3) continue;
+        int64_t cout = w->dims[0];
+        const mk_tensor *p[4];
+        bool ok = true;
+        for (int i = 0; i < 4; i++) {
+            p[i] = &m->values[bn->inputs[i + 1]].t;
+            ok &= p[i]->dtype == MASKD_FLOAT && mk_numel(p[i]) == cout;
+        }
+        const mk_tensor *bias = conv->n_inputs > 2 && conv->inputs[2] >= 0
+                                    ? &m->values[conv->inputs[2]].t : NULL;
+        if (bias) ok &= bias->dtype == MASKD_FLOAT && mk_numel(bias) == cout;
+        if (!ok) continue;
+
+        float eps = mk_attr_float(bn, "epsilon", 1e-5f);
+        int64_t per = mk_numel(w) / (cout ? cout : 1);
+        mk_tensor nw = *w, nb = {.dtype = MASKD_FLOAT, .ndim = 1, .dims = {cout}};
+        nw.data = mk_aligned_alloc(mk_nbytes(w));
+        nb.data = mk_aligned_alloc((size_t)cout * sizeof(float));
+        if (!nw.data || !nb.data) {
+            mk_aligned_free(nw.data);
+            mk_aligned_free(nb.data);
+            return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        }
+        const float *scale = p[0]->data, *shift = p[1]->data, *mean = p[2]->data,
+                    *var = p[3]->data, *wsrc = w->data;
+        float *wdst = nw.data, *bdst = nb.data;
+        for (int64_t c = 0; c < cout; c++) {
+            /* double keeps the folded weights as close as possible to
+             * what the two separate ops compute */
+            double s = scale[c] / sqrt((double)var[c] + eps);
+            for (int64_t j = 0; j < per; j++) wdst[c * per + j] = (float)(wsrc[c * per + j] * s);
+            double b0 = bias ? ((const float *)bias->data)[c] : 0.0;
+            bdst[c] = (float)((b0 - mean[c]) * s + shift[c]);
+        }
+        const char *wname = m->values[conv->inputs[1]].name;
+        int wid = add_initializer(m, wname, "_bnfold", &nw, err);
+        if (wid < 0) {
+            mk_aligned_free(nw.data);
+            mk_aligned_free(nb.data);
+            return err->code;
+        }
+        int bid = add_initializer(m, wname, "_bnfold_bias", &nb, err);
+        if (bid < 0) {
+            mk_aligned_free(nb.data);
+            return err->code;
+        }
+        conv = &m->nodes[k]; /* values may have moved, nodes did not */
+        bn = &m->nodes[b];
+        if (conv->n_inputs < 3) {
+            int *ins = realloc(conv->inputs, 3 * sizeof(int));
+            if (!ins) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+            conv->inputs = ins;
+            conv->n_inputs = 3;
+        }
+        conv->inputs[1] = wid;
+        conv->inputs[2] = bid;
+        conv->outputs[0] = bn->outputs[0];
+        dead[b] = true;
+    }
+    return MASKD_OK;
+}
+
+/* The activation a node computes, when it can become an epilogue. */
+static bool activation_of(const maskd_model *m, const mk_node *n, mk_act *act, float *alpha,
+                          float *beta)
+{
+    *alpha = 0, *beta = 0;
+    if (is_op(n, "Relu")) return *act = MK_ACT_RELU, true;
+    if (is_op(n, "Sigmoid")) return *act = MK_ACT_SIGMOID, true;
+    if (is_op(n, "HardSwish")) return *act = MK_ACT_HARD_SWISH, true;
+    if (is_op(n, "LeakyRelu")) {
+        *alpha = mk_attr_float(n, "alpha", 0.01f);
+        return *act = MK_ACT_LEAKY_RELU, true;
+    }
+    if (is_op(n, "HardSigmoid")) {
+        *alpha = mk_attr_float(n, "alpha", 0.2f);
+        *beta = mk_attr_float(n, "beta", 0.5f);
+        return *act = MK_ACT_HARD_SIGMOID, true;
+    }
+    if (is_op(n, "Clip")) {
+        *alpha = -INFINITY, *beta = INFINITY;
+        if (n->opset < 11) {
+            *alpha = mk_attr_float(n, "min", -INFINITY);
+            *beta = mk_attr_float(n, "max", INFINITY);
+            return *act = MK_ACT_CLIP, true;
+        }
+        for (int i = 1; i < n->n_inputs && i < 3; i++) {
+            if (n->inputs[i] < 0) continue;
+            const mk_value *v = &m->values[n->inputs[i]];
+            if (!v->is_initializer || v->t.dtype != MASKD_FLOAT || mk_numel(&v->t) != 1)
+                return false;
+            float x = *(const float *)v->t.data;
+            if (i == 1) *alpha = x;
+            else *beta = x;
+        }
+        return *act = MK_ACT_CLIP, true;
+    }
+    return false;
+}
+
+static void pass_fuse_activation(maskd_model *m, bool *dead)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        mk_node *n = &m->nodes[k];
+        if (dead[k] || !n->op->fuse_act || n->act || n->n_outputs < 1) continue;
+        bool extra = false;
+        for (int o = 1; o < n->n_outputs; o++) extra |= n->outputs[o] >= 0;
+        int y = n->outputs[0];
+        if (extra || y < 0 || m->values[y].is_graph_output) continue;
+        if (m->values[y].t.dtype != MASKD_FLOAT && m->values[y].t.dtype != MASKD_UNDEFINED)
+            continue;
+        int a = sole_consumer(m, dead, y);
+        if (a < 0) continue;
+        mk_node *an = &m->nodes[a];
+        mk_act act;
+        float alpha, beta;
+        if (an->inputs[0] != y || an->n_outputs < 1 || !activation_of(m, an, &act, &alpha, &beta))
+            continue;
+        n->act = act;
+        n->act_alpha = alpha;
+        n->act_beta = beta;
+        n->outputs[0] = an->outputs[0];
+        dead[a] = true;
+    }
+}
+
+int mk_graph_optimize(maskd_model *m, mk_error *err)
+{
+    bool *dead = calloc((size_t)m->n_nodes + 1, sizeof *dead);
+    if (!dead) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+    pass_remove_identity(m, dead);
+    int rc = pass_fold_constants(m, dead, err);
+    if (!rc) rc = pass_fold_batchnorm(m, dead, err);
+    if (!rc) pass_fuse_activation(m, dead);
+    if (!rc) remove_dead(m, dead);
+    free(dead);
+    return rc;
+}

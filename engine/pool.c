@@ -1,0 +1,180 @@
+/*
+ * The thread pool: fixed workers and a parallel-for.
+ *
+ * Several sessions may share one pool, so parallel_for posts a job on a
+ * queue instead of assuming it owns the workers; the caller always works on
+ * its own job too, so a job finishes even when every worker is busy
+ * elsewhere.  Chunks are claimed with an atomic counter; a job lives on the
+ * caller's stack and the caller leaves only when no worker still holds it.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "mk.h"
+
+typedef struct job {
+    mk_range_fn fn;
+    void *arg;
+    int64_t n, chunk, n_chunks;
+    atomic_int_fast64_t next_chunk;
+    atomic_int_fast64_t done_chunks;
+    atomic_int next_slot;
+    int users; /* workers holding a pointer to this job (under pool->lock) */
+    struct job *next;
+} job;
+
+struct maskd_pool {
+    int threads; /* slots: the caller plus the workers */
+    pthread_t *workers;
+    int n_workers;
+    pthread_mutex_t lock;
+    pthread_cond_t work_ready; /* a job was queued, or stop */
+    pthread_cond_t job_done;   /* a worker released a job */
+    job *queue;
+    bool stop;
+};
+
+static void work_on(job *j, int slot)
+{
+    for (;;) {
+        int64_t c = atomic_fetch_add(&j->next_chunk, 1);
+        if (c >= j->n_chunks) return;
+        int64_t begin = c * j->chunk;
+        int64_t end = begin + j->chunk < j->n ? begin + j->chunk : j->n;
+        j->fn(j->arg, begin, end, slot);
+        atomic_fetch_add(&j->done_chunks, 1);
+    }
+}
+
+static void unlink_job(maskd_pool *p, job *j)
+{
+    for (job **q = &p->queue; *q; q = &(*q)->next)
+        if (*q == j) {
+            *q = j->next;
+            return;
+        }
+}
+
+static void *worker_main(void *arg)
+{
+    maskd_pool *p = arg;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (!p->stop && !p->queue) pthread_cond_wait(&p->work_ready, &p->lock);
+        if (p->stop) break;
+        job *j = p->queue;
+        int slot = atomic_fetch_add(&j->next_slot, 1);
+        if (slot >= p->threads ||
+            atomic_load(&j->next_chunk) >= j->n_chunks) {
+            /* Nothing left to claim: take it off the queue so we don't spin. */
+            unlink_job(p, j);
+            continue;
+        }
+        j->users++;
+        pthread_mutex_unlock(&p->lock);
+        work_on(j, slot);
+        pthread_mutex_lock(&p->lock);
+        unlink_job(p, j);
+        j->users--;
+        pthread_cond_broadcast(&p->job_done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_thread(void)
+{
+    /* OpenBLAS's own threads would fight ours: the pool parallelizes around
+     * single-threaded BLAS calls instead. */
+    openblas_set_num_threads(1);
+}
+
+int maskd_pool_create(int threads, maskd_pool **out, maskd_error *err)
+{
+    *out = NULL;
+    pthread_once(&blas_once, blas_single_thread);
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    if (threads > 256)
+        return mk_fail(err, MASKD_ERR_INVALID, "thread count %d is too large (max 256)", threads);
+    maskd_pool *p = calloc(1, sizeof *p);
+    if (!p) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory creating the thread pool");
+    p->threads = threads;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->work_ready, NULL);
+    pthread_cond_init(&p->job_done, NULL);
+    p->workers = calloc((size_t)threads, sizeof *p->workers);
+    if (!p->workers) {
+        maskd_pool_free(p);
+        return mk_fail(err, MASKD_ERR_NOMEM, "out of memory creating the thread pool");
+    }
+    for (int i = 0; i < threads - 1; i++) {
+        if (pthread_create(&p->workers[i], NULL, worker_main, p)) {
+            maskd_pool_free(p);
+            return mk_fail(err, MASKD_ERR_RUNTIME, "could not start worker thread %d", i);
+        }
+        p->n_workers++;
+    }
+    *out = p;
+    return MASKD_OK;
+}
+
+void maskd_pool_free(maskd_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_broadcast(&p->work_ready);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->n_workers; i++) pthread_join(p->workers[i], NULL);
+    pthread_cond_destroy(&p->job_done);
+    pthread_cond_destroy(&p->work_ready);
+    pthread_mutex_destroy(&p->lock);
+    free(p->workers);
+    free(p);
+}
+
+int maskd_pool_threads(const maskd_pool *p) { return p ? p->threads : 1; }
+int mk_pool_slots(const mk_pool *p) { return p ? p->threads : 1; }
+
+void mk_parallel_for(mk_pool *p, int64_t n, int64_t grain, mk_range_fn fn, void *arg)
+{
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int threads = p ? p->threads : 1;
+    if (threads == 1 || n <= grain) {
+        fn(arg, 0, n, 0);
+        return;
+    }
+    /* A few chunks per thread evens out uneven chunk costs. */
+    int64_t chunk = (n + (int64_t)threads * 4 - 1) / ((int64_t)threads * 4);
+    if (chunk < grain) chunk = grain;
+    job j = {.fn = fn, .arg = arg, .n = n, .chunk = chunk};
+    j.n_chunks = (n + chunk - 1) / chunk;
+    atomic_init(&j.next_chunk, 0);
+    atomic_init(&j.done_chunks, 0);
+    atomic_init(&j.next_slot, 1); /* slot 0 is the caller's */
+
+    pthread_mutex_lock(&p->lock);
+    j.next = NULL;
+    job **tail = &p->queue;
+    while (*tail) tail = &(*tail)->next;
+    *tail = &j;
+    pthread_cond_broadcast(&p->work_ready);
+    pthread_mutex_unlock(&p->lock);
+
+    work_on(&j, 0);
+
+    pthread_mutex_lock(&p->lock);
+    unlink_job(p, &j);
+    while (j.users > 0 || atomic_load(&j.done_chunks) < j.n_chunks)
+        pthread_cond_wait(&p->job_done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+}

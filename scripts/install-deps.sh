@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages maskd needs to build (and, with --test, to
+# run its test suite).  Idempotent: installs only what is missing and runs
+# apt-get update only when something is.
+set -euo pipefail
+
+build_pkgs=(cmake gcc make pkg-config protobuf-c-compiler libprotobuf-c-dev libonnx-dev
+            libopenblas-dev libmicrohttpd-dev libjansson-dev libjpeg62-turbo-dev libpng-dev)
+test_pkgs=(python3-numpy python3-onnx python3-torch python3-torchvision)
+
+want=("${build_pkgs[@]}")
+if [[ "${1:-}" == "--test" ]]; then want+=("${test_pkgs[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "maskd: installing ${missing[*]}" >&2
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,62 @@
+"""Small ONNX graphs for the engine's unit tests (written to the build dir)."""
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+rng = np.random.default_rng(7)
+
+
+def save(name, nodes, inputs, outputs, inits, opset=13):
+    g = helper.make_graph(nodes, name, inputs, outputs,
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(m)
+    onnx.save(m, os.path.join(out, name + ".onnx"))
+
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# Conv -> BatchNormalization -> Relu: the optimiser folds it into one node.
+save("conv_bn_relu",
+     [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+      helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["n"], epsilon=1e-3),
+      helper.make_node("Relu", ["n"], ["y"])],
+     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 7])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 9, 7])],
+     {"w": f32(5, 3, 3, 3), "b": f32(5), "g": f32(5), "beta": f32(5), "mean": f32(5),
+      "var": np.abs(f32(5)) + 0.5})
+
+# A shape computed from the input, as exporters write Flatten: folded per plan.
+save("shape_chain",
+     [helper.make_node("Shape", ["x"], ["s"]),
+      helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+      helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+      helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+      helper.make_node("Reshape", ["x", "shape"], ["y"])],
+     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 48])],
+     {"zero": np.array(0, dtype=np.int64), "axes": np.array([0], dtype=np.int64),
+      "minus1": np.array([-1], dtype=np.int64)})
+
+# A long chain: the memory plan must reuse buffers.
+chain = [helper.make_node("Sigmoid", ["x" if i == 0 else f"t{i}"], [f"t{i + 1}"]) for i in range(8)]
+chain.append(helper.make_node("Relu", ["t8"], ["y"]))
+save("chain", chain,
+     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], {})
+
+# NonMaxSuppression: a data-dependent output shape, feeding another node.
+save("dynamic",
+     [helper.make_node("NonMaxSuppression", ["boxes", "scores", "maxk", "iou"], ["sel"]),
+      helper.make_node("Cast", ["sel"], ["y"], to=TensorProto.FLOAT)],
+     [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 6, 4]),
+      helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 6])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["selected", 3])],
+     {"maxk": np.array([10], dtype=np.int64), "iou": np.array([0.5], dtype=np.float32)})

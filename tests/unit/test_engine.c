@@ -1,0 +1,264 @@
+/* Engine internals: the thread pool, load-time fusion, per-plan constant
+ * folding, the memory plan, dynamic shapes and input validation. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph.h"
+
+static int passed, failed;
+static const char *models_dir;
+
+#define CHECK(cond, ...)                                                                  \
+    do {                                                                                  \
+        if (cond) {                                                                       \
+            passed++;                                                                     \
+        } else {                                                                          \
+            failed++;                                                                     \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            printf(__VA_ARGS__);                                                          \
+            printf("\n");                                                                 \
+        }                                                                                 \
+    } while (0)
+
+static maskd_model *load(const char *name, int optimize)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.onnx", models_dir, name);
+    maskd_load_options opt = {.optimize = optimize};
+    maskd_model *m = NULL;
+    maskd_error err = {0};
+    if (maskd_model_load_file(path, &opt, &m, &err)) {
+        printf("FAIL loading %s: %s\n", name, err.message);
+        failed++;
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- pool -------------------------------------------------------------- */
+
+typedef struct {
+    atomic_int *hits;
+    int max_slot;
+    pthread_mutex_t lock;
+} cover_arg;
+
+static void cover(void *arg, int64_t b, int64_t e, int slot)
+{
+    cover_arg *a = arg;
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&a->hits[i], 1);
+    pthread_mutex_lock(&a->lock);
+    if (slot > a->max_slot) a->max_slot = slot;
+    pthread_mutex_unlock(&a->lock);
+}
+
+typedef struct {
+    maskd_pool *pool;
+    int ok;
+} caller_arg;
+
+static void *concurrent_caller(void *p)
+{
+    caller_arg *c = p;
+    enum { N = 50000 };
+    atomic_int *hits = calloc(N, sizeof *hits);
+    cover_arg a = {.hits = hits};
+    pthread_mutex_init(&a.lock, NULL);
+    c->ok = 1;
+    for (int round = 0; round < 50; round++) {
+        for (int i = 0; i < N; i++) atomic_store(&hits[i], 0);
+        mk_parallel_for(c->pool, N, 7, cover, &a);
+        for (int i = 0; i < N; i++) c->ok &= atomic_load(&hits[i]) == 1;
+    }
+    pthread_mutex_destroy(&a.lock);
+    free(hits);
+    return NULL;
+}
+
+static void test_pool(void)
+{
+    maskd_pool *pool;
+    maskd_error err;
+    CHECK(maskd_pool_create(3, &pool, &err) == 0, "pool create: %s", err.message);
+    enum { N = 100003 };
+    atomic_int *hits = calloc(N, sizeof *hits);
+    cover_arg a = {.hits = hits};
+    pthread_mutex_init(&a.lock, NULL);
+    mk_parallel_for(pool, N, 1, cover, &a);
+    int once = 1;
+    for (int i = 0; i < N; i++) once &= atomic_load(&hits[i]) == 1;
+    CHECK(once, "parallel_for visits every index exactly once");
+    CHECK(a.max_slot < mk_pool_slots(pool), "slots stay below %d (saw %d)", mk_pool_slots(pool),
+          a.max_slot);
+    mk_parallel_for(pool, 0, 1, cover, &a); /* empty range: no call, no hang */
+    pthread_mutex_destroy(&a.lock);
+    free(hits);
+
+    /* Two sessions' ops sharing one pool at the same time. */
+    pthread_t t[2];
+    caller_arg c[2] = {{pool, 0}, {pool, 0}};
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, concurrent_caller, &c[i]);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    CHECK(c[0].ok && c[1].ok, "concurrent parallel_for calls each cover their range");
+    maskd_pool_free(pool);
+}
+
+/* ---- graph ------------------------------------------------------------- */
+
+static void fill_random(float *x, int64_t n, unsigned seed)
+{
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        x[i] = (float)((seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+}
+
+static void test_conv_bn_relu(maskd_pool *pool)
+{
+    maskd_model *opt = load("conv_bn_relu", 1), *raw = load("conv_bn_relu", 0);
+    if (!opt || !raw) return;
+    CHECK(maskd_model_num_nodes(opt) == 1, "Conv+BN+Relu fold into one node (got %d)",
+          maskd_model_num_nodes(opt));
+    CHECK(maskd_model_num_nodes(raw) == 3, "without optimisation 3 nodes stay (got %d)",
+          maskd_model_num_nodes(raw));
+    float x[1 * 3 * 9 * 7];
+    fill_random(x, 189, 1);
+    maskd_tensor in = {MASKD_FLOAT, 4, {1, 3, 9, 7}, x};
+    maskd_session *a, *b;
+    maskd_error err;
+    maskd_session_create(opt, pool, &a, &err);
+    maskd_session_create(raw, pool, &b, &err);
+    int ra = maskd_session_run(a, &in, 1, &err);
+    CHECK(ra == 0, "fused run: %s", err.message);
+    int rb = maskd_session_run(b, &in, 1, &err);
+    CHECK(rb == 0, "unfused run: %s", err.message);
+    if (!ra && !rb) {
+        const maskd_tensor *ya = maskd_session_output(a, 0), *yb = maskd_session_output(b, 0);
+        CHECK(mk_same_shape(ya, yb) && ya->dims[1] == 5 && ya->dims[2] == 9,
+              "fused output shape matches");
+        double worst = 0;
+        int negative = 0;
+        for (int64_t i = 0; i < maskd_tensor_numel(ya); i++) {
+            double d = fabs(((float *)ya->data)[i] - ((float *)yb->data)[i]);
+            if (d > worst) worst = d;
+            negative += ((float *)ya->data)[i] < 0;
+        }
+        CHECK(worst < 1e-4, "fused equals unfused (max diff %g)", worst);
+        CHECK(!negative, "the fused Relu clamps");
+    }
+    maskd_session_free(a);
+    maskd_session_free(b);
+    maskd_model_free(opt);
+    maskd_model_free(raw);
+}
+
+static void test_shape_chain(maskd_pool *pool)
+{
+    maskd_model *m = load("shape_chain", 1);
+    if (!m) return;
+    maskd_session *s;
+    maskd_error err;
+    maskd_session_create(m, pool, &s, &err);
+    for (int batch = 2; batch <= 5; batch += 3) {
+        float x[5 * 48];
+        fill_random(x, batch * 48, (unsigned)batch);
+        maskd_tensor in = {MASKD_FLOAT, 4, {batch, 3, 4, 4}, x};
+        int rc = maskd_session_run(s, &in, 1, &err);
+        CHECK(rc == 0, "batch %d: %s", batch, err.message);
+        if (rc) continue;
+        const maskd_tensor *y = maskd_session_output(s, 0);
+        CHECK(y->ndim == 2 && y->dims[0] == batch && y->dims[1] == 48,
+              "batch %d re-plans to [%d,48]", batch, batch);
+        CHECK(!memcmp(y->data, x, (size_t)batch * 48 * sizeof(float)), "reshape keeps data");
+    }
+    float bad[48];
+    maskd_tensor wrong = {MASKD_FLOAT, 4, {1, 4, 4, 3}, bad};
+    CHECK(maskd_session_run(s, &wrong, 1, &err) == MASKD_ERR_SHAPE &&
+              strstr(err.message, "[batch,3,4,4]"),
+          "a wrong input shape names the expected one (%s)", err.message);
+    maskd_tensor wrong_type = {MASKD_INT64, 4, {1, 3, 4, 4}, bad};
+    CHECK(maskd_session_run(s, &wrong_type, 1, &err) == MASKD_ERR_SHAPE,
+          "a wrong input dtype is refused (%s)", err.message);
+    maskd_session_free(s);
+    maskd_model_free(m);
+}
+
+static void test_memory_plan(maskd_pool *pool)
+{
+    maskd_model *m = load("chain", 1);
+    if (!m) return;
+    maskd_session *s;
+    maskd_error err;
+    maskd_session_create(m, pool, &s, &err);
+    static float x[16 * 32 * 32];
+    fill_random(x, 16 * 32 * 32, 3);
+    maskd_tensor in = {MASKD_FLOAT, 4, {1, 16, 32, 32}, x};
+    CHECK(maskd_session_run(s, &in, 1, &err) == 0, "chain runs: %s", err.message);
+    size_t one = sizeof x;
+    CHECK(mk_session_arena_bytes(s) <= 3 * one,
+          "9 chained values fit in %zu bytes, not %zu", mk_session_arena_bytes(s), 9 * one);
+    const maskd_tensor *y = maskd_session_output(s, 0);
+    double worst = 0;
+    for (int i = 0; i < 16 * 32 * 32; i++) {
+        double v = x[i];
+        for (int k = 0; k < 8; k++) v = 1 / (1 + exp(-v));
+        double d = fabs(v - ((float *)y->data)[i]);
+        if (d > worst) worst = d;
+    }
+    CHECK(worst < 1e-5, "reused buffers do not corrupt values (max diff %g)", worst);
+    maskd_session_free(s);
+    maskd_model_free(m);
+}
+
+static void test_dynamic(maskd_pool *pool)
+{
+    maskd_model *m = load("dynamic", 1);
+    if (!m) return;
+    maskd_session *s;
+    maskd_error err;
+    maskd_session_create(m, pool, &s, &err);
+    /* Three pairs of identical boxes: one of each pair survives. */
+    float boxes[6 * 4] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3, 5, 5, 6, 6, 5, 5, 6, 6};
+    float scores[6] = {0.9f, 0.8f, 0.7f, 0.95f, 0.3f, 0.2f};
+    maskd_tensor in[2] = {{MASKD_FLOAT, 3, {1, 6, 4}, boxes}, {MASKD_FLOAT, 3, {1, 1, 6}, scores}};
+    for (int round = 0; round < 2; round++) {
+        int rc = maskd_session_run(s, in, 2, &err);
+        CHECK(rc == 0, "dynamic run %d: %s", round, err.message);
+        if (rc) break;
+        const maskd_tensor *y = maskd_session_output(s, 0);
+        int expect = round == 0 ? 3 : 6;
+        CHECK(y->ndim == 2 && y->dims[0] == expect && y->dims[1] == 3,
+              "round %d selects %d boxes (got %lld)", round, expect, (long long)y->dims[0]);
+        /* Second round: spread the boxes apart, every one survives. */
+        for (int i = 0; i < 6; i++) {
+            boxes[i * 4 + 0] = boxes[i * 4 + 1] = (float)(i * 10);
+            boxes[i * 4 + 2] = boxes[i * 4 + 3] = (float)(i * 10 + 1);
+        }
+    }
+    maskd_session_free(s);
+    maskd_model_free(m);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_engine MODELS_DIR\n");
+        return 2;
+    }
+    models_dir = argv[1];
+    test_pool();
+    maskd_pool *pool;
+    maskd_error err;
+    maskd_pool_create(2, &pool, &err);
+    test_conv_bn_relu(pool);
+    test_shape_chain(pool);
+    test_memory_plan(pool);
+    test_dynamic(pool);
+    maskd_pool_free(pool);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
