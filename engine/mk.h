@@ -141,6 +141,8 @@ struct mk_op {
     /* Flags */
     unsigned fuse_act : 1;  /* run applies node->act */
     unsigned no_fold : 1;   /* never constant-fold (none so far) */
+    unsigned shape_only : 1; /* reads only its inputs' shapes (Shape, Size):
+                                folded whenever those are known */
 };
 
 /* Each op family file (ops/NAME.c) defines its rows with

@@ -273,7 +273,7 @@ static int plan(maskd_session *s, const maskd_tensor *inputs, mk_error *err)
                 return node_error(err, mk_fail(err, MASKD_ERR_RUNTIME,
                                                "output %d has no valid type or shape", o), n);
         }
-        if (all_const && !n->op->no_fold) {
+        if ((all_const || n->op->shape_only) && !n->op->no_fold) {
             if ((rc = mk_node_eval(n, s->in_ptrs, s->out_ptrs, err))) {
                 for (int o = 0; o < n->n_outputs; o++)
                     if (s->out_ptrs[o]) {
