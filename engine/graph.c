@@ -3,6 +3,7 @@
  * to registry rows, and the optimisation passes (identity removal, constant
  * folding, Conv+BatchNormalization folding, activation fusion).
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -514,10 +515,10 @@ static bool activation_of(const maskd_model *m, const mk_node *n, mk_act *act, f
         return *act = MK_ACT_HARD_SIGMOID, true;
     }
     if (is_op(n, "Clip")) {
-        *alpha = -INFINITY, *beta = INFINITY;
+        *alpha = -FLT_MAX, *beta = FLT_MAX;
         if (n->opset < 11) {
-            *alpha = mk_attr_float(n, "min", -INFINITY);
-            *beta = mk_attr_float(n, "max", INFINITY);
+            *alpha = mk_attr_float(n, "min", -FLT_MAX);
+            *beta = mk_attr_float(n, "max", FLT_MAX);
             return *act = MK_ACT_CLIP, true;
         }
         for (int i = 1; i < n->n_inputs && i < 3; i++) {
@@ -534,6 +535,35 @@ static bool activation_of(const maskd_model *m, const mk_node *n, mk_act *act, f
     return false;
 }
 
+/* Whether value v is float32 as far as load time can tell: a float
+ * initializer or input, or the output of an op that only computes floats.
+ * Elementwise ops also run on int64 shape arithmetic, where an activation
+ * epilogue would be wrong, so they fuse only when one operand is float. */
+static bool known_float(const maskd_model *m, int v)
+{
+    static const char *const float_ops[] = {
+        "Conv", "ConvTranspose", "Gemm", "BatchNormalization", "InstanceNormalization",
+        "LayerNormalization", "GroupNormalization", "Sigmoid", "HardSwish", "HardSigmoid",
+        "Softmax", "Resize", "GlobalAveragePool", "AveragePool"};
+    if (v < 0) return false;
+    const mk_value *val = &m->values[v];
+    if (val->t.dtype == MASKD_FLOAT) return true;
+    if (val->producer < 0) return false;
+    const mk_node *p = &m->nodes[val->producer];
+    for (size_t i = 0; i < sizeof float_ops / sizeof float_ops[0]; i++)
+        if (is_op(p, float_ops[i])) return true;
+    if (p->op->fuse_act && p->act) return true; /* already fused: proven float */
+    return false;
+}
+
+static bool fusable_output_is_float(const maskd_model *m, const mk_node *n)
+{
+    if (known_float(m, n->outputs[0])) return true;
+    for (int i = 0; i < n->n_inputs; i++)
+        if (known_float(m, n->inputs[i])) return true;
+    return false;
+}
+
 static void pass_fuse_activation(maskd_model *m, bool *dead)
 {
     for (int k = 0; k < m->n_nodes; k++) {
@@ -543,8 +573,7 @@ static void pass_fuse_activation(maskd_model *m, bool *dead)
         for (int o = 1; o < n->n_outputs; o++) extra |= n->outputs[o] >= 0;
         int y = n->outputs[0];
         if (extra || y < 0 || m->values[y].is_graph_output) continue;
-        if (m->values[y].t.dtype != MASKD_FLOAT && m->values[y].t.dtype != MASKD_UNDEFINED)
-            continue;
+        if (!fusable_output_is_float(m, n)) continue;
         int a = sole_consumer(m, dead, y);
         if (a < 0) continue;
         mk_node *an = &m->nodes[a];
