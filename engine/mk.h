@@ -120,6 +120,16 @@ struct mk_ctx {
     void *scratch;
 };
 
+/* Input/output i, or NULL when omitted or past the node's count. */
+mk_tensor *mk_input(const mk_ctx *ctx, int i);
+mk_tensor *mk_output(const mk_ctx *ctx, int i);
+/* mk_fail with the message prefixed "OpType: node 'name': ". */
+int mk_op_fail(const mk_ctx *ctx, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Required input/output i into *out; an error naming the node when absent. */
+int mk_need_input(const mk_ctx *ctx, int i, mk_tensor **out);
+int mk_need_output(const mk_ctx *ctx, int i, mk_tensor **out);
+
 /* Return codes of infer besides MASKD_OK and errors: the output shape depends
  * on an input's values that are not known until run time (a Reshape whose
  * shape is computed, NonMaxSuppression's count). The engine then calls infer

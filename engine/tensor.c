@@ -167,3 +167,38 @@ void *mk_aligned_alloc(size_t bytes)
 }
 
 void mk_aligned_free(void *p) { free(p); }
+
+/* ---- op context helpers ------------------------------------------------- */
+
+mk_tensor *mk_input(const mk_ctx *ctx, int i)
+{
+    return i >= 0 && i < ctx->n_in ? ctx->in[i] : NULL;
+}
+
+mk_tensor *mk_output(const mk_ctx *ctx, int i)
+{
+    return i >= 0 && i < ctx->n_out ? ctx->out[i] : NULL;
+}
+
+int mk_op_fail(const mk_ctx *ctx, int code, const char *fmt, ...)
+{
+    char what[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return mk_fail(ctx->err, code, "%s: node '%s': %s", ctx->node->op_type,
+                   ctx->node->name ? ctx->node->name : "", what);
+}
+
+int mk_need_input(const mk_ctx *ctx, int i, mk_tensor **out)
+{
+    *out = mk_input(ctx, i);
+    return *out ? MASKD_OK : mk_op_fail(ctx, MASKD_ERR_INVALID, "missing input %d", i);
+}
+
+int mk_need_output(const mk_ctx *ctx, int i, mk_tensor **out)
+{
+    *out = mk_output(ctx, i);
+    return *out ? MASKD_OK : mk_op_fail(ctx, MASKD_ERR_INVALID, "missing output %d", i);
+}
