@@ -1,0 +1,894 @@
+/*
+ * Conv and ConvTranspose, float32, 1-D to 3-D spatial.
+ *
+ * Conv picks one of three algorithms per node and shape:
+ *   depthwise  one input channel per group: a direct kernel (kernels/depthwise.c)
+ *   pointwise  1x1, stride 1, no padding: sgemm straight on the input
+ *   im2col     everything else: column tiles of the output, sgemm per tile
+ * Work items are (batch, group, output tile, output-channel chunk) spread over
+ * the pool; every sgemm is single-threaded.  Bias and the fused activation are
+ * applied per tile right after its sgemm, while the tile is still in cache.
+ *
+ * im2col keeps only the taps that land in the input for some position of the
+ * tile (see mk_conv_live_taps): weights are packed [cout][tap][cin] so that a
+ * run of live taps is one contiguous K range of the weights, and the tile
+ * costs one sgemm per such run.  Tiles are normally runs of output rows, so
+ * whole kernel rows in padding drop out.  When the kernel's columns also fall
+ * in padding often enough to matter (atrous convs on small maps: DeepLab's
+ * ASPP), the output is cut into zones where the set of landing taps is
+ * constant, and each tile (a rectangle inside one zone) multiplies only the
+ * taps that land; its result goes through a staging buffer when it is not
+ * contiguous in the output.  Taps that land for part of a tile still multiply
+ * zeros for the rest; 3-D convs are not zoned.
+ *
+ * ConvTranspose is sgemm (W^T x X, per output-channel chunk) then col2im.
+ */
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/kernels.h"
+#include "../mk.h"
+
+enum { MAX_SPATIAL = MK_CONV_DIMS };
+
+/* Column buffers are sized so a tile's columns stay in L2 beside sgemm's
+ * packed panels; tiles are not made narrower than MIN_TILE columns, below
+ * which sgemm loses too much to packing its A operand. */
+enum { COL_BUDGET_BYTES = 512 << 10, MIN_TILE = 64, TILE_ALIGN = 16 };
+
+/* Zoning: at most this many zones per dim (kernels up to 8 wide), and only
+ * when it saves at least a tenth of the multiply-adds. */
+enum { MAX_ZONES = 17, MAX_ZONED_KERNEL = 8 };
+
+typedef enum auto_pad { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } auto_pad;
+
+typedef struct conv_attrs {
+    bool transpose;
+    int n_kernel, n_strides, n_dilations, n_pads, n_out_pad, n_out_shape; /* -1: absent */
+    int64_t kernel[MAX_SPATIAL], strides[MAX_SPATIAL], dilations[MAX_SPATIAL];
+    int64_t pads[2 * MAX_SPATIAL], out_pad[MAX_SPATIAL], out_shape[MAX_SPATIAL + 2];
+    int64_t group;
+    auto_pad auto_pad;
+} conv_attrs;
+
+typedef struct conv_state {
+    conv_attrs attrs;
+    /* Conv weights repacked [cout][tap][cin] at load when W is an initializer. */
+    float *packed_w;
+    const void *packed_from;
+    int64_t packed_numel;
+} conv_state;
+
+typedef enum conv_algo { ALGO_DEPTHWISE, ALGO_POINTWISE, ALGO_IM2COL, ALGO_TRANSPOSE } conv_algo;
+
+typedef struct conv_plan {
+    conv_algo algo;
+    int rank;
+    int64_t batch, c_in, c_out, group, cin_g, cout_g;
+    int64_t out_dims[MAX_SPATIAL]; /* output spatial dims, rank of them */
+    mk_conv_geom geom;             /* conv: iter = output; transpose: iter = input */
+    int64_t taps, s_in, s_out;
+    int64_t tile, n_tiles;         /* positions of the iterated grid per item */
+    int64_t m_chunk, n_mchunks;    /* output channels per item */
+    /* Zoned im2col: rows hz[i]..hz[i+1] by columns wz[j]..wz[j+1] are zones;
+     * tiles of zone (i, j) take zone_rows[j] rows; cell_first[i * n_wz + j]
+     * is the zone's first tile. */
+    bool zoned;
+    int n_hz, n_wz;
+    int64_t hz[MAX_ZONES + 1], wz[MAX_ZONES + 1], zone_rows[MAX_ZONES];
+    int64_t cell_first[MAX_ZONES * MAX_ZONES + 1];
+    size_t stage_offset;           /* of the staging buffer inside a slot */
+    bool pack_weights;             /* im2col with taps > 1 needs [cout][tap][cin] */
+    int slots;
+    size_t slot_bytes;             /* per-thread column buffer */
+    size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
+} conv_plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* ---- attributes ---------------------------------------------------------- */
+
+static int read_ints(mk_ctx *ctx, const char *name, int64_t *out, int cap, int *count)
+{
+    int n = mk_attr_ints(ctx->node, name, out, cap);
+    if (n > cap)
+        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
+                       "%s: node '%s': attribute %s has %d values; at most %d "
+                       "spatial dims are supported",
+                       ctx->node->op_type, ctx->node->name, name, n, MAX_SPATIAL);
+    *count = n;
+    return MASKD_OK;
+}
+
+static int parse_attrs(mk_ctx *ctx, bool transpose, conv_attrs *a)
+{
+    const mk_node *node = ctx->node;
+    memset(a, 0, sizeof *a);
+    a->transpose = transpose;
+    int rc;
+    if ((rc = read_ints(ctx, "kernel_shape", a->kernel, MAX_SPATIAL, &a->n_kernel)) ||
+        (rc = read_ints(ctx, "strides", a->strides, MAX_SPATIAL, &a->n_strides)) ||
+        (rc = read_ints(ctx, "dilations", a->dilations, MAX_SPATIAL, &a->n_dilations)) ||
+        (rc = read_ints(ctx, "pads", a->pads, 2 * MAX_SPATIAL, &a->n_pads)))
+        return rc;
+    a->n_out_pad = a->n_out_shape = -1;
+    if (transpose &&
+        ((rc = read_ints(ctx, "output_padding", a->out_pad, MAX_SPATIAL, &a->n_out_pad)) ||
+         (rc = read_ints(ctx, "output_shape", a->out_shape, MAX_SPATIAL + 2, &a->n_out_shape))))
+        return rc;
+    a->group = mk_attr_int(node, "group", 1);
+    if (a->group < 1)
+        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': group %lld must be >= 1",
+                       node->op_type, node->name, (long long)a->group);
+    const char *pad = mk_attr_str(node, "auto_pad", "NOTSET");
+    if (!strcmp(pad, "NOTSET") || !*pad) a->auto_pad = PAD_NOTSET;
+    else if (!strcmp(pad, "SAME_UPPER")) a->auto_pad = PAD_SAME_UPPER;
+    else if (!strcmp(pad, "SAME_LOWER")) a->auto_pad = PAD_SAME_LOWER;
+    else if (!strcmp(pad, "VALID")) a->auto_pad = PAD_VALID;
+    else
+        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': unknown auto_pad '%s'",
+                       node->op_type, node->name, pad);
+    for (int i = 0; i < a->n_strides; i++)
+        if (a->strides[i] < 1)
+            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': strides must be >= 1",
+                           node->op_type, node->name);
+    for (int i = 0; i < a->n_dilations; i++)
+        if (a->dilations[i] < 1)
+            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': dilations must be >= 1",
+                           node->op_type, node->name);
+    if (!transpose)
+        for (int i = 0; i < a->n_pads; i++)
+            if (a->pads[i] < 0)
+                return mk_fail(ctx->err, MASKD_ERR_INVALID,
+                               "%s: node '%s': pads must be >= 0", node->op_type, node->name);
+    for (int i = 0; i < a->n_out_pad; i++)
+        if (a->out_pad[i] < 0)
+            return mk_fail(ctx->err, MASKD_ERR_INVALID,
+                           "%s: node '%s': output_padding must be >= 0", node->op_type, node->name);
+    return MASKD_OK;
+}
+
+/* The attributes parsed at prepare, or parsed now when prepare did not run. */
+static int attrs_of(mk_ctx *ctx, bool transpose, conv_attrs *local, const conv_attrs **out)
+{
+    const conv_state *st = ctx->node->state;
+    if (st) {
+        *out = &st->attrs;
+        return MASKD_OK;
+    }
+    *out = local;
+    return parse_attrs(ctx, transpose, local);
+}
+
+/* ---- planning ------------------------------------------------------------ */
+
+/* Output channels per item: more chunks when tiles alone leave threads idle. */
+static void split_channels(conv_plan *p, int64_t outer, int64_t m)
+{
+    int64_t chunks = 1;
+    const int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1;
+    if (outer * p->n_tiles > 0 && outer * p->n_tiles < want) {
+        chunks = ceil_div(want, outer * p->n_tiles);
+        int64_t cap = ceil_div(m, 16);
+        if (chunks > cap) chunks = cap;
+        if (chunks < 1) chunks = 1;
+    }
+    p->m_chunk = ceil_div(m, chunks);
+    p->n_mchunks = ceil_div(m, p->m_chunk);
+}
+
+/*
+ * Splits `positions` into tiles and `m` output channels into chunks so that
+ * a tile's per-thread buffer (bytes_per_position each) stays near the budget
+ * and outer × tiles × chunks gives every thread work.
+ */
+static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_position,
+                       int64_t outer, int64_t m)
+{
+    p->tile = p->n_tiles = 0;
+    p->m_chunk = p->n_mchunks = 0;
+    if (positions <= 0 || m <= 0 || outer <= 0) return;
+    int64_t tile = bytes_per_position > 0 ? COL_BUDGET_BYTES / bytes_per_position : positions;
+    if (tile < MIN_TILE) tile = MIN_TILE;
+    if (tile > positions) tile = positions;
+    int64_t n_tiles = ceil_div(positions, tile);
+    const int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1;
+    if (outer * n_tiles < want) {
+        int64_t more = ceil_div(want, outer);
+        int64_t cap = ceil_div(positions, MIN_TILE);
+        if (more > cap) more = cap;
+        if (more > n_tiles) n_tiles = more;
+    }
+    tile = ceil_div(positions, n_tiles);
+    if (tile < positions) tile = ceil_div(tile, TILE_ALIGN) * TILE_ALIGN;
+    if (tile > positions) tile = positions;
+    p->tile = tile;
+    p->n_tiles = ceil_div(positions, tile);
+    split_channels(p, outer, m);
+}
+
+/* Where along iterated dim `dim` the set of landing taps changes: sorted,
+ * distinct cuts from 0 to the dim's size.  Returns the number of zones. */
+static int zone_cuts(const mk_conv_geom *g, int dim, int64_t cuts[MAX_ZONES + 1])
+{
+    const int64_t n = g->iter[dim];
+    int count = 0;
+    cuts[count++] = 0;
+    cuts[count++] = n;
+    for (int64_t k = 0; k < g->kernel[dim]; k++) {
+        int64_t lo, hi;
+        mk_conv_tap_span(g, dim, k, &lo, &hi);
+        if (lo > 0 && lo < n) cuts[count++] = lo;
+        if (hi > 0 && hi < n) cuts[count++] = hi;
+    }
+    for (int i = 1; i < count; i++)
+        for (int j = i; j > 0 && cuts[j - 1] > cuts[j]; j--) {
+            int64_t t = cuts[j];
+            cuts[j] = cuts[j - 1];
+            cuts[j - 1] = t;
+        }
+    int distinct = 1;
+    for (int i = 1; i < count; i++)
+        if (cuts[i] != cuts[distinct - 1]) cuts[distinct++] = cuts[i];
+    return distinct - 1;
+}
+
+/* Taps along dim that land for every index of the zone starting at z0 (the
+ * set is constant over a zone). */
+static int64_t landing_taps(const mk_conv_geom *g, int dim, int64_t z0)
+{
+    int64_t count = 0;
+    for (int64_t k = 0; k < g->kernel[dim]; k++) {
+        int64_t lo, hi;
+        mk_conv_tap_span(g, dim, k, &lo, &hi);
+        count += lo <= z0 && z0 < hi;
+    }
+    return count;
+}
+
+/*
+ * Zoned tiling for 1-D / 2-D im2col (see the top of the file): taken when it
+ * saves at least a tenth of the tap columns over row tiles and its tiles stay
+ * near the column budget.  Returns whether the plan is now zoned.
+ */
+static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
+{
+    const mk_conv_geom *g = &p->geom;
+    if (g->iter[0] != 1 || g->kernel[0] != 1 || g->kernel[1] > MAX_ZONED_KERNEL ||
+        g->kernel[2] > MAX_ZONED_KERNEL || mk_conv_iter_size(g) == 0 || outer <= 0 ||
+        p->cout_g <= 0)
+        return false;
+    p->n_wz = zone_cuts(g, 2, p->wz);
+    p->n_hz = zone_cuts(g, 1, p->hz);
+    int64_t zoned_cols = 0, any = 0;
+    for (int j = 0; j < p->n_wz; j++)
+        zoned_cols += (p->wz[j + 1] - p->wz[j]) * landing_taps(g, 2, p->wz[j]);
+    for (int64_t k = 0; k < g->kernel[2]; k++) {
+        int64_t lo, hi;
+        mk_conv_tap_span(g, 2, k, &lo, &hi);
+        any += lo < hi;
+    }
+    if (zoned_cols * 10 > any * g->iter[2] * 9) return false;
+
+    int64_t target = COL_BUDGET_BYTES / (k_rows * (int64_t)sizeof(float));
+    if (target < MIN_TILE) target = MIN_TILE;
+    int64_t widest = 0, tiles = 0;
+    for (int j = 0; j < p->n_wz; j++) {
+        const int64_t width = p->wz[j + 1] - p->wz[j];
+        p->zone_rows[j] = ceil_div(target, width);
+        if (p->zone_rows[j] > g->iter[1]) p->zone_rows[j] = g->iter[1];
+    }
+    for (int i = 0; i < p->n_hz; i++)
+        for (int j = 0; j < p->n_wz; j++) {
+            const int64_t height = p->hz[i + 1] - p->hz[i];
+            const int64_t rows = p->zone_rows[j] < height ? p->zone_rows[j] : height;
+            const int64_t n = rows * (p->wz[j + 1] - p->wz[j]);
+            if (n > widest) widest = n;
+            p->cell_first[i * p->n_wz + j] = tiles;
+            tiles += ceil_div(height, p->zone_rows[j]);
+        }
+    /* A zone wider than the budget would need a column buffer far past it. */
+    if (widest > 4 * target) return false;
+    p->cell_first[p->n_hz * p->n_wz] = tiles;
+    p->zoned = true;
+    p->tile = widest;
+    p->n_tiles = tiles;
+    split_channels(p, outer, p->cout_g);
+    const size_t col = align64((size_t)(k_rows * widest) * sizeof(float));
+    p->stage_offset = col;
+    p->slot_bytes = col + align64((size_t)(p->m_chunk * widest) * sizeof(float));
+    return true;
+}
+
+static int bad_shape(mk_ctx *ctx, const char *what)
+{
+    char xs[96], ws[96];
+    return mk_fail(ctx->err, MASKD_ERR_SHAPE, "%s: node '%s': %s (X %s, W %s)",
+                   ctx->node->op_type, ctx->node->name, what,
+                   mk_shape_str(ctx->in[0], xs, sizeof xs),
+                   mk_shape_str(ctx->in[1], ws, sizeof ws));
+}
+
+/* Output size and begin pad of one spatial dim of a Conv. */
+static int conv_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int64_t in,
+                    int64_t k, int64_t s, int64_t d, int64_t *out, int64_t *pad_begin)
+{
+    const int64_t eff = (k - 1) * d + 1;
+    int64_t pb = 0, pe = 0;
+    switch (a->auto_pad) {
+    case PAD_NOTSET:
+        if (a->n_pads > 0) {
+            pb = a->pads[i];
+            pe = a->pads[i + rank];
+        }
+        if (in + pb + pe < eff) return bad_shape(ctx, "the padded input is smaller than the kernel");
+        *out = (in + pb + pe - eff) / s + 1;
+        break;
+    case PAD_VALID:
+        if (in < eff) return bad_shape(ctx, "the input is smaller than the kernel");
+        *out = (in - eff) / s + 1;
+        break;
+    case PAD_SAME_UPPER:
+    case PAD_SAME_LOWER: {
+        *out = ceil_div(in, s);
+        int64_t total = (*out - 1) * s + eff - in;
+        if (total < 0) total = 0;
+        pb = a->auto_pad == PAD_SAME_UPPER ? total / 2 : total - total / 2;
+        break;
+    }
+    }
+    *pad_begin = pb;
+    return MASKD_OK;
+}
+
+/* Output size and begin pad of one spatial dim of a ConvTranspose. */
+static int transpose_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int64_t in,
+                         int64_t k, int64_t s, int64_t d, int64_t *out, int64_t *pad_begin)
+{
+    const int64_t eff = (k - 1) * d + 1;
+    const int64_t op = a->n_out_pad > 0 ? a->out_pad[i] : 0;
+    const int64_t full = s * (in - 1) + op + eff; /* the output with no padding */
+    int64_t target = -1;
+    if (a->n_out_shape > 0) target = a->out_shape[a->n_out_shape - rank + i];
+    else if (a->auto_pad == PAD_SAME_UPPER || a->auto_pad == PAD_SAME_LOWER) target = in * s;
+    if (target >= 0) {
+        /* Pads split the difference; an output larger than `full` grows at the
+         * end, as output_padding does (ONNX's output_shape tests expect that). */
+        int64_t total = full - target;
+        int64_t pb = 0;
+        if (total > 0)
+            pb = a->auto_pad == PAD_SAME_UPPER ? total / 2 : total - total / 2;
+        *out = target;
+        *pad_begin = pb;
+        return MASKD_OK;
+    }
+    int64_t pb = 0, pe = 0;
+    if (a->auto_pad == PAD_NOTSET && a->n_pads > 0) {
+        pb = a->pads[i];
+        pe = a->pads[i + rank];
+    }
+    *out = full - pb - pe;
+    *pad_begin = pb;
+    if (*out < 0) return bad_shape(ctx, "pads are larger than the output");
+    return MASKD_OK;
+}
+
+static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
+{
+    const mk_node *node = ctx->node;
+    memset(p, 0, sizeof *p);
+    const mk_tensor *x = ctx->n_in > 0 ? ctx->in[0] : NULL;
+    const mk_tensor *w = ctx->n_in > 1 ? ctx->in[1] : NULL;
+    const mk_tensor *b = ctx->n_in > 2 ? ctx->in[2] : NULL;
+    if (!x || !w)
+        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': needs inputs X and W",
+                       node->op_type, node->name);
+    if (x->ndim < 0 || w->ndim < 0 || (b && b->ndim < 0)) return MK_DYNAMIC;
+    if (x->dtype != MASKD_FLOAT || w->dtype != MASKD_FLOAT || (b && b->dtype != MASKD_FLOAT))
+        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
+                       "%s: node '%s': only float32 is supported (X is %s, W is %s)",
+                       node->op_type, node->name, maskd_dtype_name(x->dtype),
+                       maskd_dtype_name(w->dtype));
+    if (x->ndim < 3 || x->ndim > MAX_SPATIAL + 2)
+        return x->ndim < 3 ? bad_shape(ctx, "X must be [N, C, spatial...]")
+                           : mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
+                                     "%s: node '%s': %d spatial dims; at most %d are supported",
+                                     node->op_type, node->name, x->ndim - 2, MAX_SPATIAL);
+    if (w->ndim != x->ndim) return bad_shape(ctx, "W must have the rank of X");
+    const int rank = x->ndim - 2;
+    p->rank = rank;
+    if ((a->n_kernel >= 0 && a->n_kernel != rank) || (a->n_strides >= 0 && a->n_strides != rank) ||
+        (a->n_dilations >= 0 && a->n_dilations != rank) ||
+        (a->n_pads >= 0 && a->n_pads != 2 * rank) ||
+        (a->n_out_pad >= 0 && a->n_out_pad != rank) ||
+        (a->n_out_shape >= 0 && a->n_out_shape != rank && a->n_out_shape != rank + 2))
+        return bad_shape(ctx, "kernel_shape/strides/dilations/pads/output_* do not match "
+                              "the number of spatial dims");
+    for (int i = 0; i < rank; i++) {
+        if (w->dims[2 + i] < 1) return bad_shape(ctx, "W has an empty kernel dim");
+        if (a->n_kernel > 0 && a->kernel[i] != w->dims[2 + i])
+            return bad_shape(ctx, "kernel_shape does not match W");
+    }
+    p->batch = x->dims[0];
+    p->c_in = x->dims[1];
+    p->group = a->group;
+    if (p->c_in % p->group) return bad_shape(ctx, "channels are not divisible by group");
+    p->cin_g = p->c_in / p->group;
+    if (!a->transpose) {
+        if (w->dims[1] != p->cin_g) return bad_shape(ctx, "W's dim 1 must be C / group");
+        p->c_out = w->dims[0];
+        if (p->c_out % p->group) return bad_shape(ctx, "W's dim 0 is not divisible by group");
+        p->cout_g = p->c_out / p->group;
+    } else {
+        if (w->dims[0] != p->c_in) return bad_shape(ctx, "W's dim 0 must be C");
+        p->cout_g = w->dims[1];
+        p->c_out = p->cout_g * p->group;
+    }
+    if (b && (b->ndim != 1 || b->dims[0] != p->c_out))
+        return bad_shape(ctx, "B must be [M], M being the output channels");
+
+    /* Spatial dims go right-aligned into the three the kernels see. */
+    mk_conv_geom *g = &p->geom;
+    const int off = MAX_SPATIAL - rank;
+    for (int d = 0; d < MAX_SPATIAL; d++) {
+        g->iter[d] = g->touch[d] = g->kernel[d] = g->stride[d] = g->dilation[d] = 1;
+        g->pad[d] = 0;
+    }
+    for (int i = 0; i < rank; i++) {
+        const int64_t in = x->dims[2 + i], k = w->dims[2 + i];
+        const int64_t s = a->n_strides > 0 ? a->strides[i] : 1;
+        const int64_t dil = a->n_dilations > 0 ? a->dilations[i] : 1;
+        int64_t out = 0, pb = 0;
+        int rc = a->transpose ? transpose_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb)
+                              : conv_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb);
+        if (rc) return rc;
+        p->out_dims[i] = out;
+        g->kernel[off + i] = k;
+        g->stride[off + i] = s;
+        g->dilation[off + i] = dil;
+        g->pad[off + i] = pb;
+        g->iter[off + i] = a->transpose ? in : out;
+        g->touch[off + i] = a->transpose ? out : in;
+    }
+    p->taps = mk_conv_tap_count(g);
+    p->s_in = a->transpose ? mk_conv_iter_size(g) : mk_conv_touch_size(g);
+    p->s_out = a->transpose ? mk_conv_touch_size(g) : mk_conv_iter_size(g);
+
+    p->slots = ctx->pool ? mk_pool_slots(ctx->pool) : 1;
+    if (p->slots < 1) p->slots = 1;
+    const int64_t outer = p->batch * p->group;
+    if (a->transpose) {
+        p->algo = ALGO_TRANSPOSE;
+        /* Items own whole output channels (col2im of neighbouring input tiles
+         * overlaps); tiles walk the input inside an item. */
+        int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1, chunks = 1;
+        if (outer > 0 && outer < want) chunks = ceil_div(want, outer);
+        if (chunks > p->cout_g) chunks = p->cout_g;
+        if (chunks < 1) chunks = 1;
+        p->m_chunk = p->cout_g > 0 ? ceil_div(p->cout_g, chunks) : 0;
+        p->n_mchunks = p->m_chunk > 0 ? ceil_div(p->cout_g, p->m_chunk) : 0;
+        int64_t rows = p->m_chunk * p->taps;
+        p->tile = rows > 0 ? COL_BUDGET_BYTES / (rows * (int64_t)sizeof(float)) : p->s_in;
+        if (p->tile < 8) p->tile = 8;
+        if (p->tile > p->s_in) p->tile = p->s_in;
+        p->n_tiles = p->tile > 0 ? ceil_div(p->s_in, p->tile) : 0;
+        if (p->cin_g > 0) p->slot_bytes = align64((size_t)(rows * p->tile) * sizeof(float));
+        return MASKD_OK;
+    }
+
+    bool unit = true;
+    for (int d = 0; d < MAX_SPATIAL; d++)
+        unit = unit && g->kernel[d] == 1 && g->stride[d] == 1 && g->pad[d] == 0 &&
+               g->iter[d] == g->touch[d];
+    if (p->cin_g == 1) {
+        p->algo = ALGO_DEPTHWISE;
+    } else if (unit) {
+        p->algo = ALGO_POINTWISE;
+        split_work(p, p->s_out, p->cout_g * (int64_t)sizeof(float), outer, p->cout_g);
+    } else {
+        p->algo = ALGO_IM2COL;
+        const int64_t k_rows = p->cin_g * p->taps;
+        if (k_rows == 0 || !plan_zones(p, k_rows, outer)) {
+            p->zoned = false;
+            split_work(p, p->s_out, k_rows * (int64_t)sizeof(float), outer, p->cout_g);
+            p->slot_bytes = align64((size_t)(k_rows * p->tile) * sizeof(float));
+        }
+        p->pack_weights = p->taps > 1 && p->cin_g > 0;
+        const conv_state *st = node->state;
+        bool prepacked = st && st->packed_w && w->data && st->packed_from == w->data &&
+                         st->packed_numel == mk_numel(w);
+        if (p->pack_weights && !prepacked) p->pack_bytes = align64(mk_nbytes(w));
+    }
+    return MASKD_OK;
+}
+
+static size_t plan_scratch(const conv_plan *p)
+{
+    return p->pack_bytes + (size_t)p->slots * p->slot_bytes;
+}
+
+static int set_output(mk_ctx *ctx, const conv_plan *p)
+{
+    mk_tensor *y = ctx->n_out > 0 ? ctx->out[0] : NULL;
+    if (!y) return MASKD_OK;
+    y->dtype = MASKD_FLOAT;
+    y->ndim = p->rank + 2;
+    y->dims[0] = p->batch;
+    y->dims[1] = p->c_out;
+    for (int i = 0; i < p->rank; i++) y->dims[2 + i] = p->out_dims[i];
+    return MASKD_OK;
+}
+
+/* ---- weights ------------------------------------------------------------- */
+
+/* [cout][cin][tap] -> [cout][tap][cin]: a run of taps becomes one K range. */
+static void pack_weights(const float *w, int64_t c_out, int64_t cin_g, int64_t taps, float *out)
+{
+    for (int64_t o = 0; o < c_out; o++) {
+        const float *src = w + o * cin_g * taps;
+        float *dst = out + o * cin_g * taps;
+        for (int64_t c = 0; c < cin_g; c++)
+            for (int64_t t = 0; t < taps; t++) dst[t * cin_g + c] = src[c * taps + t];
+    }
+}
+
+/* ---- run ----------------------------------------------------------------- */
+
+typedef struct conv_job {
+    const conv_plan *p;
+    const float *x, *w, *bias;
+    float *y;
+    char *slots;
+    size_t slot_stride;
+    mk_act act;
+    float act_alpha, act_beta;
+} conv_job;
+
+/* Bias and activation over rows of a just-computed output block. */
+static void epilogue(const conv_job *job, float *y, int64_t rows, int64_t cols, int64_t ld,
+                     const float *bias)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = y + r * ld;
+        if (bias) {
+            const float b = bias[r];
+            for (int64_t i = 0; i < cols; i++) row[i] += b;
+        }
+        if (job->act != MK_ACT_NONE) mk_apply_act(row, cols, job->act, job->act_alpha, job->act_beta);
+    }
+}
+
+static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < cols; i++) y[r * ld + i] = v;
+}
+
+static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
+{
+    const conv_plan *p = job->p;
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t n = it / p->c_out, oc = it % p->c_out;
+        const int64_t g = oc / p->cout_g; /* its only input channel */
+        float *y = job->y + it * p->s_out;
+        mk_depthwise_plane(job->x + (n * p->c_in + g) * p->s_in, job->w + oc * p->taps,
+                           job->bias ? job->bias[oc] : 0.0f, &p->geom, y);
+        if (job->act != MK_ACT_NONE)
+            mk_apply_act(y, p->s_out, job->act, job->act_alpha, job->act_beta);
+    }
+}
+
+/* sgemm over one run of live taps [t0, t0 + len) of a tile. */
+static void tap_run_gemm(const conv_job *job, int64_t m0, int64_t m_n, int64_t g, int64_t t0,
+                         int64_t len, const float *col_rows, int64_t n_cols, bool first,
+                         float *out, int64_t ld_out)
+{
+    const conv_plan *p = job->p;
+    const int64_t k_full = p->cin_g * p->taps;
+    const float *a = job->w + (g * p->cout_g + m0) * k_full + t0 * p->cin_g;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m_n, (int)n_cols,
+                (int)(len * p->cin_g), 1.0f, a, (int)k_full, col_rows, (int)n_cols,
+                first ? 0.0f : 1.0f, out, (int)ld_out);
+}
+
+/* A tile of the output: flattened positions [p0, p1), or for zoned plans the
+ * rectangle rows [r0, r1) x columns [c0, c1). */
+typedef struct tile_span {
+    bool rect;
+    int64_t p0, p1, r0, r1, c0, c1;
+} tile_span;
+
+static void tile_of(const conv_plan *p, int64_t t, tile_span *ts)
+{
+    memset(ts, 0, sizeof *ts);
+    if (!p->zoned) {
+        ts->rect = false;
+        ts->p0 = t * p->tile;
+        ts->p1 = ts->p0 + p->tile < p->s_out ? ts->p0 + p->tile : p->s_out;
+        return;
+    }
+    int cell = 0;
+    while (p->cell_first[cell + 1] <= t) cell++;
+    const int i = cell / p->n_wz, j = cell % p->n_wz;
+    ts->rect = true;
+    ts->r0 = p->hz[i] + (t - p->cell_first[cell]) * p->zone_rows[j];
+    ts->r1 = ts->r0 + p->zone_rows[j] < p->hz[i + 1] ? ts->r0 + p->zone_rows[j] : p->hz[i + 1];
+    ts->c0 = p->wz[j];
+    ts->c1 = p->wz[j + 1];
+}
+
+/* im2col then one sgemm per run of consecutive live taps, into out. */
+static void im2col_gemm(const conv_job *job, const tile_span *ts, const float *x, int64_t g,
+                        int64_t m0, int64_t m_n, float *col, float *out, int64_t ld_out,
+                        int64_t cols)
+{
+    const conv_plan *p = job->p;
+    mk_tap_box live;
+    if (ts->rect) mk_conv_live_taps_rect(&p->geom, ts->r0, ts->r1, ts->c0, ts->c1, &live);
+    else mk_conv_live_taps(&p->geom, ts->p0, ts->p1, &live);
+    if (mk_tap_box_count(&live) == 0) {
+        fill_rows(out, m_n, cols, ld_out, 0.0f);
+        return;
+    }
+    if (ts->rect) mk_im2col_rect(x, p->cin_g, &p->geom, ts->r0, ts->r1, ts->c0, ts->c1, &live, col);
+    else mk_im2col_tile(x, p->cin_g, &p->geom, ts->p0, ts->p1, &live, col);
+    /* Consecutive live taps are contiguous in the packed weights. */
+    const int64_t kh_n = p->geom.kernel[1], kw_n = p->geom.kernel[2];
+    const int64_t run_w = live.hi[2] - live.lo[2];
+    int64_t run_start = -1, run_len = 0, row = 0;
+    bool first = true;
+    for (int64_t kd = live.lo[0]; kd < live.hi[0]; kd++)
+        for (int64_t kh = live.lo[1]; kh < live.hi[1]; kh++) {
+            const int64_t t0 = (kd * kh_n + kh) * kw_n + live.lo[2];
+            if (run_len > 0 && t0 == run_start + run_len) {
+                run_len += run_w;
+                continue;
+            }
+            if (run_len > 0) {
+                tap_run_gemm(job, m0, m_n, g, run_start, run_len, col + row * cols, cols, first,
+                             out, ld_out);
+                row += run_len * p->cin_g;
+                first = false;
+            }
+            run_start = t0;
+            run_len = run_w;
+        }
+    tap_run_gemm(job, m0, m_n, g, run_start, run_len, col + row * cols, cols, first, out, ld_out);
+}
+
+static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot)
+{
+    const conv_plan *p = job->p;
+    char *slot_mem = job->slots + (size_t)slot * job->slot_stride;
+    float *col = (float *)slot_mem;
+    float *stage = (float *)(slot_mem + p->stage_offset);
+    const int64_t width = p->geom.iter[2];
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t mc = it % p->n_mchunks;
+        const int64_t t = (it / p->n_mchunks) % p->n_tiles;
+        const int64_t rest = it / p->n_mchunks / p->n_tiles;
+        const int64_t g = rest % p->group, n = rest / p->group;
+        const int64_t m0 = mc * p->m_chunk;
+        const int64_t m_n = m0 + p->m_chunk < p->cout_g ? p->m_chunk : p->cout_g - m0;
+        const float *x = job->x + (n * p->c_in + g * p->cin_g) * p->s_in;
+        float *y = job->y + (n * p->c_out + g * p->cout_g + m0) * p->s_out;
+        const float *bias = job->bias ? job->bias + g * p->cout_g + m0 : NULL;
+
+        tile_span ts;
+        tile_of(p, t, &ts);
+        /* Where the tile's result goes: straight into y when its positions
+         * are contiguous there, else into the staging buffer. */
+        int64_t cols, ld_out = p->s_out;
+        float *out;
+        bool staged = false;
+        if (!ts.rect) {
+            cols = ts.p1 - ts.p0;
+            out = y + ts.p0;
+        } else {
+            cols = (ts.r1 - ts.r0) * (ts.c1 - ts.c0);
+            out = y + ts.r0 * width + ts.c0;
+            if (ts.r1 - ts.r0 > 1 && ts.c1 - ts.c0 < width) {
+                out = stage;
+                ld_out = cols;
+                staged = true;
+            }
+        }
+
+        if (p->cin_g == 0) { /* no input channels: the output is the bias */
+            fill_rows(out, m_n, cols, ld_out, 0.0f);
+        } else if (p->algo == ALGO_POINTWISE) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m_n, (int)cols,
+                        (int)p->cin_g, 1.0f, job->w + (g * p->cout_g + m0) * p->cin_g,
+                        (int)p->cin_g, x + ts.p0, (int)p->s_in, 0.0f, out, (int)ld_out);
+        } else {
+            im2col_gemm(job, &ts, x, g, m0, m_n, col, out, ld_out, cols);
+        }
+        epilogue(job, out, m_n, cols, ld_out, bias);
+        if (staged) {
+            const int64_t w = ts.c1 - ts.c0;
+            for (int64_t m = 0; m < m_n; m++)
+                for (int64_t r = ts.r0; r < ts.r1; r++)
+                    memcpy(y + m * p->s_out + r * width + ts.c0,
+                           stage + m * cols + (r - ts.r0) * w, (size_t)w * sizeof *y);
+        }
+    }
+}
+
+static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int slot)
+{
+    const conv_plan *p = job->p;
+    float *col = (float *)(job->slots + (size_t)slot * job->slot_stride);
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t mc = it % p->n_mchunks;
+        const int64_t rest = it / p->n_mchunks;
+        const int64_t g = rest % p->group, n = rest / p->group;
+        const int64_t c0 = mc * p->m_chunk;
+        const int64_t c_n = c0 + p->m_chunk < p->cout_g ? p->m_chunk : p->cout_g - c0;
+        const int64_t oc0 = g * p->cout_g + c0;
+        float *y = job->y + (n * p->c_out + oc0) * p->s_out;
+        for (int64_t c = 0; c < c_n; c++)
+            fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
+        if (p->cin_g > 0) {
+            const float *x = job->x + (n * p->c_in + g * p->cin_g) * p->s_in;
+            /* W is [C][cout_g][taps]; this chunk's columns of group g's block. */
+            const float *w = job->w + g * p->cin_g * p->cout_g * p->taps + c0 * p->taps;
+            for (int64_t t = 0; t < p->n_tiles; t++) {
+                const int64_t p0 = t * p->tile;
+                const int64_t p1 = p0 + p->tile < p->s_in ? p0 + p->tile : p->s_in;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(c_n * p->taps),
+                            (int)(p1 - p0), (int)p->cin_g, 1.0f, w, (int)(p->cout_g * p->taps),
+                            x + p0, (int)p->s_in, 0.0f, col, (int)(p1 - p0));
+                mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
+            }
+        }
+        if (job->act != MK_ACT_NONE)
+            mk_apply_act(y, c_n * p->s_out, job->act, job->act_alpha, job->act_beta);
+    }
+}
+
+static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
+{
+    const conv_job *job = arg;
+    switch (job->p->algo) {
+    case ALGO_DEPTHWISE: depthwise_items(job, begin, end); break;
+    case ALGO_POINTWISE:
+    case ALGO_IM2COL: gemm_items(job, begin, end, slot); break;
+    case ALGO_TRANSPOSE: transpose_items(job, begin, end, slot); break;
+    }
+}
+
+static int run_common(mk_ctx *ctx, bool transpose)
+{
+    conv_attrs local;
+    const conv_attrs *a;
+    int rc = attrs_of(ctx, transpose, &local, &a);
+    if (rc) return rc;
+    conv_plan p;
+    rc = make_plan(ctx, a, &p);
+    if (rc == MK_DYNAMIC)
+        return mk_fail(ctx->err, MASKD_ERR_RUNTIME, "%s: node '%s': input shapes unknown at run",
+                       ctx->node->op_type, ctx->node->name);
+    if (rc) return rc;
+    mk_tensor *yt = ctx->out[0];
+    if (!yt || mk_numel(yt) == 0) return MASKD_OK;
+
+    int64_t items;
+    switch (p.algo) {
+    case ALGO_DEPTHWISE: items = p.batch * p.c_out; break;
+    case ALGO_TRANSPOSE: items = p.batch * p.group * p.n_mchunks; break;
+    default: items = p.batch * p.group * p.n_tiles * p.n_mchunks; break;
+    }
+
+    /* Scratch comes sized by infer; a plan that needs more than was reserved
+     * (a pool with more threads than at infer, weights that moved since
+     * prepare) still runs, from a buffer of its own. */
+    const size_t need = plan_scratch(&p);
+    char *scratch = ctx->scratch;
+    void *owned = NULL;
+    if (need > 0 && (!scratch || ctx->scratch_bytes < need)) {
+        owned = mk_aligned_alloc(need);
+        if (!owned)
+            return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory (%zu bytes)",
+                           ctx->node->op_type, ctx->node->name, need);
+        scratch = owned;
+    }
+
+    const mk_tensor *w = ctx->in[1];
+    const mk_tensor *b = ctx->n_in > 2 ? ctx->in[2] : NULL;
+    conv_job job = {
+        .p = &p,
+        .x = ctx->in[0]->data,
+        .w = w->data,
+        .bias = b ? b->data : NULL,
+        .y = yt->data,
+        .slots = scratch + p.pack_bytes,
+        .slot_stride = p.slot_bytes,
+        .act = ctx->node->act,
+        .act_alpha = ctx->node->act_alpha,
+        .act_beta = ctx->node->act_beta,
+    };
+    if (p.pack_weights) {
+        const conv_state *st = ctx->node->state;
+        if (p.pack_bytes) {
+            pack_weights(w->data, p.c_out, p.cin_g, p.taps, (float *)scratch);
+            job.w = (const float *)scratch;
+        } else {
+            job.w = st->packed_w;
+        }
+    }
+    if (items > 0) mk_parallel_for(ctx->pool, items, 1, conv_items, &job);
+    mk_aligned_free(owned);
+    return MASKD_OK;
+}
+
+/* ---- op entry points ----------------------------------------------------- */
+
+static void conv_release(void *state)
+{
+    conv_state *st = state;
+    if (!st) return;
+    mk_aligned_free(st->packed_w);
+    free(st);
+}
+
+static int prepare_common(mk_ctx *ctx, bool transpose)
+{
+    conv_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory",
+                       ctx->node->op_type, ctx->node->name);
+    int rc = parse_attrs(ctx, transpose, &st->attrs);
+    if (rc) {
+        free(st);
+        return rc;
+    }
+    const mk_tensor *w = ctx->n_in > 1 ? ctx->in[1] : NULL;
+    /* Pack once at load what im2col would otherwise pack on every run. */
+    if (!transpose && w && w->data && w->dtype == MASKD_FLOAT && w->ndim >= 3 &&
+        w->ndim <= MAX_SPATIAL + 2 && st->attrs.group >= 1) {
+        const int64_t c_out = w->dims[0], cin_g = w->dims[1];
+        int64_t taps = 1;
+        for (int i = 2; i < w->ndim; i++) taps *= w->dims[i];
+        if (cin_g > 1 && taps > 1 && c_out > 0) {
+            st->packed_w = mk_aligned_alloc(mk_nbytes(w));
+            if (!st->packed_w) {
+                free(st);
+                return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory",
+                               ctx->node->op_type, ctx->node->name);
+            }
+            pack_weights(w->data, c_out, cin_g, taps, st->packed_w);
+            st->packed_from = w->data;
+            st->packed_numel = mk_numel(w);
+        }
+    }
+    ctx->node->state = st;
+    return MASKD_OK;
+}
+
+static int infer_common(mk_ctx *ctx, bool transpose)
+{
+    conv_attrs local;
+    const conv_attrs *a;
+    int rc = attrs_of(ctx, transpose, &local, &a);
+    if (rc) return rc;
+    conv_plan p;
+    rc = make_plan(ctx, a, &p);
+    if (rc) return rc;
+    ctx->scratch_bytes = plan_scratch(&p);
+    return set_output(ctx, &p);
+}
+
+static int conv_prepare(mk_ctx *ctx) { return prepare_common(ctx, false); }
+static int conv_infer(mk_ctx *ctx) { return infer_common(ctx, false); }
+static int conv_run(mk_ctx *ctx) { return run_common(ctx, false); }
+static int convt_prepare(mk_ctx *ctx) { return prepare_common(ctx, true); }
+static int convt_infer(mk_ctx *ctx) { return infer_common(ctx, true); }
+static int convt_run(mk_ctx *ctx) { return run_common(ctx, true); }
+
+MK_OP_FAMILY(conv,
+    {.domain = "", .op_type = "Conv", .since_version = 1, .prepare = conv_prepare,
+     .infer = conv_infer, .run = conv_run, .release = conv_release, .fuse_act = 1},
+    {.domain = "", .op_type = "ConvTranspose", .since_version = 1, .prepare = convt_prepare,
+     .infer = convt_infer, .run = convt_run, .release = conv_release, .fuse_act = 1});
