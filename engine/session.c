@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "graph.h"
 
@@ -34,6 +35,8 @@ struct maskd_session {
     mk_tensor **in_ptrs, **out_ptrs; /* per-node argument lists */
     int max_arity;
     mk_tensor *outputs;
+    bool profiling;
+    maskd_node_time *profile; /* per node, when profiling */
 };
 
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -99,6 +102,7 @@ void maskd_session_free(maskd_session *s)
     free(s->dynamic);
     free(s->scratch_need);
     free(s->outputs);
+    free(s->profile);
     free(s->in_ptrs);
     free(s->out_ptrs);
     free(s);
@@ -369,6 +373,8 @@ int maskd_session_run(maskd_session *s, const maskd_tensor *inputs, int n_inputs
         if (s->skip[k]) continue;
         mk_node *n = &m->nodes[k];
         node_args(s, n);
+        struct timespec t0, t1;
+        if (s->profiling) clock_gettime(CLOCK_MONOTONIC, &t0);
         int rc;
         if (s->dynamic[k]) {
             rc = run_dynamic(s, n, err);
@@ -380,6 +386,12 @@ int maskd_session_run(maskd_session *s, const maskd_tensor *inputs, int n_inputs
             rc = n->op->run(&c);
         }
         if (rc) return node_error(err, rc, n);
+        if (s->profiling) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            s->profile[k].total_ms +=
+                (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+            s->profile[k].runs++;
+        }
     }
     for (int i = 0; i < m->n_outputs; i++) s->outputs[i] = s->vals[m->outputs[i]];
     return MASKD_OK;
@@ -392,3 +404,22 @@ const maskd_tensor *maskd_session_output(const maskd_session *s, int i)
 }
 
 size_t mk_session_arena_bytes(const maskd_session *s) { return s->arena_bytes; }
+
+void maskd_session_set_profiling(maskd_session *s, int on)
+{
+    if (on && !s->profile) {
+        s->profile = calloc((size_t)s->model->n_nodes + 1, sizeof *s->profile);
+        if (!s->profile) return;
+        for (int k = 0; k < s->model->n_nodes; k++) {
+            s->profile[k].node = s->model->nodes[k].name;
+            s->profile[k].op_type = s->model->nodes[k].op_type;
+        }
+    }
+    s->profiling = on && s->profile;
+}
+
+const maskd_node_time *maskd_session_profile(const maskd_session *s, int *n)
+{
+    *n = s->profile ? s->model->n_nodes : 0;
+    return s->profile;
+}

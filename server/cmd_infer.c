@@ -13,13 +13,14 @@
 
 static const char usage[] =
     "usage: maskd infer MODEL.onnx --input [NAME=]FILE.npy [--input ...] [--output-dir DIR]\n"
-    "                   [--threads N] [--repeat N] [--no-optimize]\n"
+    "                   [--threads N] [--repeat N] [--no-optimize] [--profile]\n"
     "Runs MODEL on the inputs and writes each output as DIR/<output name>.npy.\n"
     "  --input        a model input from a .npy file; NAME= may be left out for a one-input model\n"
     "  --output-dir   where outputs go (created if missing); without it nothing is written\n"
     "  --threads N    worker threads, counting the caller (default: all CPUs)\n"
     "  --repeat N     run N more times after the first and print min/median latency\n"
-    "  --no-optimize  skip constant folding and fusions (to compare against)\n";
+    "  --no-optimize  skip constant folding and fusions (to compare against)\n"
+    "  --profile      with --repeat: time every node and print where the time goes\n";
 
 static double now_ms(void)
 {
@@ -47,11 +48,70 @@ static void safe_name(const char *name, char *out, size_t size)
     out[i] = 0;
 }
 
+typedef struct {
+    const char *op_type;
+    double ms;
+    int nodes;
+} op_total;
+
+static int by_ms_desc(const void *a, const void *b)
+{
+    double x = ((const op_total *)a)->ms, y = ((const op_total *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int node_by_ms_desc(const void *a, const void *b)
+{
+    const maskd_node_time *x = a, *y = b;
+    double mx = x->runs ? x->total_ms / x->runs : 0, my = y->runs ? y->total_ms / y->runs : 0;
+    return mx < my ? 1 : mx > my ? -1 : 0;
+}
+
+/* Per-run milliseconds by op type, then the slowest nodes. */
+static void print_profile(const maskd_session *session)
+{
+    int n;
+    const maskd_node_time *t = maskd_session_profile(session, &n);
+    op_total *ops = calloc((size_t)n + 1, sizeof *ops);
+    maskd_node_time *nodes = malloc(((size_t)n + 1) * sizeof *nodes);
+    if (!ops || !nodes) {
+        free(ops);
+        free(nodes);
+        return;
+    }
+    int n_ops = 0, n_nodes = 0;
+    double total = 0;
+    for (int k = 0; k < n; k++) {
+        if (!t[k].runs) continue;
+        double ms = t[k].total_ms / t[k].runs;
+        total += ms;
+        nodes[n_nodes++] = t[k];
+        int j = 0;
+        while (j < n_ops && strcmp(ops[j].op_type, t[k].op_type)) j++;
+        if (j == n_ops) ops[n_ops++].op_type = t[k].op_type;
+        ops[j].ms += ms;
+        ops[j].nodes++;
+    }
+    qsort(ops, (size_t)n_ops, sizeof *ops, by_ms_desc);
+    qsort(nodes, (size_t)n_nodes, sizeof *nodes, node_by_ms_desc);
+    printf("%-24s %10s %6s %6s\n", "op type", "ms/run", "%", "nodes");
+    for (int j = 0; j < n_ops; j++)
+        printf("%-24s %10.3f %6.1f %6d\n", ops[j].op_type, ops[j].ms,
+               total > 0 ? 100 * ops[j].ms / total : 0, ops[j].nodes);
+    printf("\n%-48s %-18s %10s\n", "slowest nodes", "op type", "ms/run");
+    for (int k = 0; k < n_nodes && k < 15; k++)
+        printf("%-48.48s %-18s %10.3f\n", nodes[k].node, nodes[k].op_type,
+               nodes[k].total_ms / nodes[k].runs);
+    free(ops);
+    free(nodes);
+}
+
 int maskd_cmd_infer(int argc, char **argv)
 {
     const char *model_path = NULL, *out_dir = NULL;
     const char *in_specs[64];
     int n_specs = 0, threads = 0, repeat = 0;
+    bool profile = false;
     maskd_load_options opt = {.optimize = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -67,6 +127,8 @@ int maskd_cmd_infer(int argc, char **argv)
         } else if (!strcmp(a, "--repeat") && has_val) {
             if (cli_parse_int(argv[++i], 0, 1000000, &repeat))
                 return cli_fail(64, "--repeat wants a number from 0 to 1000000");
+        } else if (!strcmp(a, "--profile")) {
+            profile = true;
         } else if (!strcmp(a, "--no-optimize")) {
             opt.optimize = 0;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -158,6 +220,7 @@ int maskd_cmd_infer(int argc, char **argv)
             rc = cli_fail(1, "out of memory");
             goto out;
         }
+        maskd_session_set_profiling(session, profile);
         for (int r = 0; r < repeat; r++) {
             t0 = now_ms();
             if (maskd_session_run(session, inputs, n_in, &err)) {
@@ -173,6 +236,7 @@ int maskd_cmd_infer(int argc, char **argv)
                load_ms, first_ms, repeat, times[0], times[repeat / 2], times[repeat - 1],
                maskd_pool_threads(pool));
         free(times);
+        if (profile) print_profile(session);
     }
     if (out_dir) {
         if (mkdir(out_dir, 0777) && errno != EEXIST) {

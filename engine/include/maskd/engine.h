@@ -123,6 +123,20 @@ int maskd_session_run(maskd_session *session, const maskd_tensor *inputs,
 /* Output i of the last successful run, valid until the next run or free. */
 const maskd_tensor *maskd_session_output(const maskd_session *session, int i);
 
+/* Profiling: with it on, each run adds every node's wall time to a table
+ * (for `maskd infer --profile`).  Off by default: it costs two clock reads
+ * per node. */
+typedef struct maskd_node_time {
+    const char *node;
+    const char *op_type;
+    double total_ms;
+    int64_t runs;
+} maskd_node_time;
+
+void maskd_session_set_profiling(maskd_session *session, int on);
+/* The table (one row per executed node, in execution order); count in *n. */
+const maskd_node_time *maskd_session_profile(const maskd_session *session, int *n);
+
 /* ---- helpers ---------------------------------------------------------- */
 
 size_t maskd_dtype_size(maskd_dtype dtype); /* 0 for unsupported types */
