@@ -15,7 +15,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 typedef enum unary_kind {
     U_RELU,
@@ -239,13 +239,22 @@ typedef struct int_bounds {
     uint64_t lo_u, hi_u;  /* unsigned types */
 } int_bounds;
 
+#define DEFINE_CLIP(T, sfx)                                                    \
+    static void clip_##sfx(const T *x, T *y, int64_t n, T lo, T hi)            \
+    {                                                                          \
+        for (int64_t i = 0; i < n; i++) {                                      \
+            T v = x[i] < lo ? lo : x[i];                                       \
+            y[i] = v > hi ? hi : v;                                            \
+        }                                                                      \
+    }
+
 /* Negation goes through uint64_t so that INT_MIN wraps instead of being
  * undefined behaviour. */
 #define DEFINE_SIGNED_MAP(T, sfx)                                              \
+    DEFINE_CLIP(T, sfx)                                                        \
     static void map_##sfx(const T *x, T *y, int64_t n, unary_kind kind,        \
                           const int_bounds *b)                                 \
     {                                                                          \
-        const T lo = (T)b->lo_s, hi = (T)b->hi_s;                              \
         switch (kind) {                                                        \
         case U_RELU:                                                           \
             for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;        \
@@ -261,10 +270,7 @@ typedef struct int_bounds {
             for (int64_t i = 0; i < n; i++) y[i] = (T)((x[i] > 0) - (x[i] < 0)); \
             break;                                                             \
         case U_CLIP:                                                           \
-            for (int64_t i = 0; i < n; i++) {                                  \
-                T v = x[i] < lo ? lo : x[i];                                   \
-                y[i] = v > hi ? hi : v;                                        \
-            }                                                                  \
+            clip_##sfx(x, y, n, (T)b->lo_s, (T)b->hi_s);                       \
             break;                                                             \
         default:                                                               \
             break; /* rejected by infer */                                     \
@@ -272,10 +278,10 @@ typedef struct int_bounds {
     }
 
 #define DEFINE_UNSIGNED_MAP(T, sfx)                                            \
+    DEFINE_CLIP(T, sfx)                                                        \
     static void map_##sfx(const T *x, T *y, int64_t n, unary_kind kind,        \
                           const int_bounds *b)                                 \
     {                                                                          \
-        const T lo = (T)b->lo_u, hi = (T)b->hi_u;                              \
         switch (kind) {                                                        \
         case U_ABS:                                                            \
             if (x != y) memcpy(y, x, (size_t)n * sizeof(T));                   \
@@ -284,10 +290,7 @@ typedef struct int_bounds {
             for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0;                   \
             break;                                                             \
         case U_CLIP:                                                           \
-            for (int64_t i = 0; i < n; i++) {                                  \
-                T v = x[i] < lo ? lo : x[i];                                   \
-                y[i] = v > hi ? hi : v;                                        \
-            }                                                                  \
+            clip_##sfx(x, y, n, (T)b->lo_u, (T)b->hi_u);                       \
             break;                                                             \
         default:                                                               \
             break; /* rejected by infer */                                     \
@@ -308,11 +311,6 @@ static bool is_signed_int(maskd_dtype t)
     return t == MASKD_INT8 || t == MASKD_INT16 || t == MASKD_INT32 || t == MASKD_INT64;
 }
 
-static bool is_unsigned_int(maskd_dtype t)
-{
-    return t == MASKD_UINT8 || t == MASKD_UINT16 || t == MASKD_UINT32 || t == MASKD_UINT64;
-}
-
 /* Which element types each kind accepts: all take float; these follow the
  * integer types ONNX lists for the op. */
 static bool kind_accepts(unary_kind kind, maskd_dtype t)
@@ -325,7 +323,7 @@ static bool kind_accepts(unary_kind kind, maskd_dtype t)
     case U_ABS:
     case U_SIGN:
     case U_CLIP:
-        return is_signed_int(t) || is_unsigned_int(t);
+        return mk_is_int_dtype(t);
     default:
         return false;
     }
@@ -369,16 +367,11 @@ void mk_apply_act(float *x, int64_t n, mk_act act, float alpha, float beta)
 
 int mk_infer_same_as_input(mk_ctx *ctx)
 {
-    if (ctx->n_in < 1 || !ctx->in[0] || ctx->n_out < 1 || !ctx->out[0])
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': needs one input and one output",
-                       ctx->node->op_type, ctx->node->name);
-    const mk_tensor *x = ctx->in[0];
-    mk_tensor *y = ctx->out[0];
+    mk_tensor *x, *y;
+    int rc;
+    if ((rc = mk_need_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
     if (x->ndim < 0 || x->ndim > MASKD_MAX_DIMS)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': input has unknown or too high rank %d",
-                       ctx->node->op_type, ctx->node->name, x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "input has unknown or too high rank %d", x->ndim);
     y->dtype = x->dtype;
     y->ndim = x->ndim;
     memcpy(y->dims, x->dims, sizeof y->dims);
@@ -390,7 +383,7 @@ int mk_infer_same_as_input(mk_ctx *ctx)
 /* Clip's bounds: attributes before opset 11, optional scalar inputs since. */
 static bool clip_bounds_present(const mk_ctx *ctx, int i)
 {
-    return ctx->node->opset >= 11 && i < ctx->n_in && ctx->in[i] != NULL;
+    return ctx->node->opset >= 11 && mk_input(ctx, i) != NULL;
 }
 
 static int clip_check_bound(mk_ctx *ctx, int i, const char *what)
@@ -398,15 +391,12 @@ static int clip_check_bound(mk_ctx *ctx, int i, const char *what)
     if (!clip_bounds_present(ctx, i)) return MASKD_OK;
     const mk_tensor *b = ctx->in[i];
     if (b->dtype != ctx->in[0]->dtype)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Clip: node '%s': %s has type %s, input has %s",
-                       ctx->node->name, what, maskd_dtype_name(b->dtype),
-                       maskd_dtype_name(ctx->in[0]->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "%s has type %s, input has %s", what,
+                          maskd_dtype_name(b->dtype), maskd_dtype_name(ctx->in[0]->dtype));
     if (b->ndim >= 0 && mk_numel(b) != 1) {
         char buf[96];
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Clip: node '%s': %s must be a scalar, got shape %s",
-                       ctx->node->name, what, mk_shape_str(b, buf, sizeof buf));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "%s must be a scalar, got shape %s", what,
+                          mk_shape_str(b, buf, sizeof buf));
     }
     return MASKD_OK;
 }
@@ -414,9 +404,8 @@ static int clip_check_bound(mk_ctx *ctx, int i, const char *what)
 static int check_dtype(mk_ctx *ctx, unary_kind kind, maskd_dtype t)
 {
     if (!kind_accepts(kind, t))
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': element type %s is not supported",
-                       ctx->node->op_type, ctx->node->name, maskd_dtype_name(t));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "element type %s is not supported",
+                          maskd_dtype_name(t));
     return MASKD_OK;
 }
 
@@ -424,9 +413,8 @@ static int check_dtype(mk_ctx *ctx, unary_kind kind, maskd_dtype t)
  * those here reports an unsupported model at load rather than per request. */
 static int unary_prepare(mk_ctx *ctx, unary_kind kind)
 {
-    if (ctx->n_in >= 1 && ctx->in[0] && ctx->in[0]->dtype != MASKD_UNDEFINED)
-        return check_dtype(ctx, kind, ctx->in[0]->dtype);
-    return MASKD_OK;
+    maskd_dtype t = mk_known_dtype(ctx, 0);
+    return t == MASKD_UNDEFINED ? MASKD_OK : check_dtype(ctx, kind, t);
 }
 
 static int unary_infer(mk_ctx *ctx, unary_kind kind)
@@ -590,17 +578,15 @@ UNARY_OP(atanh, U_ATANH)
 static int check_float_dtype(mk_ctx *ctx, maskd_dtype t)
 {
     if (t != MASKD_FLOAT)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': element type %s is not supported",
-                       ctx->node->op_type, ctx->node->name, maskd_dtype_name(t));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "element type %s is not supported",
+                          maskd_dtype_name(t));
     return MASKD_OK;
 }
 
 static int classify_prepare(mk_ctx *ctx)
 {
-    if (ctx->n_in >= 1 && ctx->in[0] && ctx->in[0]->dtype != MASKD_UNDEFINED)
-        return check_float_dtype(ctx, ctx->in[0]->dtype);
-    return MASKD_OK;
+    maskd_dtype t = mk_known_dtype(ctx, 0);
+    return t == MASKD_UNDEFINED ? MASKD_OK : check_float_dtype(ctx, t);
 }
 
 static int classify_infer(mk_ctx *ctx)

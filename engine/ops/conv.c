@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "../kernels/kernels.h"
-#include "../mk.h"
+#include "common.h"
 
 enum { MAX_SPATIAL = MK_CONV_DIMS };
 
@@ -41,15 +41,13 @@ enum { COL_BUDGET_BYTES = 512 << 10, MIN_TILE = 64, TILE_ALIGN = 16 };
  * when it saves at least a tenth of the multiply-adds. */
 enum { MAX_ZONES = 17, MAX_ZONED_KERNEL = 8 };
 
-typedef enum auto_pad { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } auto_pad;
-
 typedef struct conv_attrs {
     bool transpose;
     int n_kernel, n_strides, n_dilations, n_pads, n_out_pad, n_out_shape; /* -1: absent */
     int64_t kernel[MAX_SPATIAL], strides[MAX_SPATIAL], dilations[MAX_SPATIAL];
     int64_t pads[2 * MAX_SPATIAL], out_pad[MAX_SPATIAL], out_shape[MAX_SPATIAL + 2];
     int64_t group;
-    auto_pad auto_pad;
+    mk_auto_pad auto_pad;
 } conv_attrs;
 
 typedef struct conv_state {
@@ -85,8 +83,6 @@ typedef struct conv_plan {
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
 } conv_plan;
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* ---- attributes ---------------------------------------------------------- */
 
@@ -94,10 +90,9 @@ static int read_ints(mk_ctx *ctx, const char *name, int64_t *out, int cap, int *
 {
     int n = mk_attr_ints(ctx->node, name, out, cap);
     if (n > cap)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': attribute %s has %d values; at most %d "
-                       "spatial dims are supported",
-                       ctx->node->op_type, ctx->node->name, name, n, MAX_SPATIAL);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "attribute %s has %d values; at most %d spatial dims are supported", name,
+                          n, MAX_SPATIAL);
     *count = n;
     return MASKD_OK;
 }
@@ -120,48 +115,25 @@ static int parse_attrs(mk_ctx *ctx, bool transpose, conv_attrs *a)
         return rc;
     a->group = mk_attr_int(node, "group", 1);
     if (a->group < 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': group %lld must be >= 1",
-                       node->op_type, node->name, (long long)a->group);
-    const char *pad = mk_attr_str(node, "auto_pad", "NOTSET");
-    if (!strcmp(pad, "NOTSET") || !*pad) a->auto_pad = PAD_NOTSET;
-    else if (!strcmp(pad, "SAME_UPPER")) a->auto_pad = PAD_SAME_UPPER;
-    else if (!strcmp(pad, "SAME_LOWER")) a->auto_pad = PAD_SAME_LOWER;
-    else if (!strcmp(pad, "VALID")) a->auto_pad = PAD_VALID;
-    else
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': unknown auto_pad '%s'",
-                       node->op_type, node->name, pad);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "group %lld must be >= 1", (long long)a->group);
+    if ((rc = mk_parse_auto_pad(ctx, &a->auto_pad))) return rc;
     for (int i = 0; i < a->n_strides; i++)
         if (a->strides[i] < 1)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': strides must be >= 1",
-                           node->op_type, node->name);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "strides must be >= 1");
     for (int i = 0; i < a->n_dilations; i++)
         if (a->dilations[i] < 1)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': dilations must be >= 1",
-                           node->op_type, node->name);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "dilations must be >= 1");
     if (!transpose)
         for (int i = 0; i < a->n_pads; i++)
             if (a->pads[i] < 0)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "%s: node '%s': pads must be >= 0", node->op_type, node->name);
+                return mk_op_fail(ctx, MASKD_ERR_INVALID, "pads must be >= 0");
     for (int i = 0; i < a->n_out_pad; i++)
         if (a->out_pad[i] < 0)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "%s: node '%s': output_padding must be >= 0", node->op_type, node->name);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "output_padding must be >= 0");
     return MASKD_OK;
 }
 
 /* The attributes parsed at prepare, or parsed now when prepare did not run. */
-static int attrs_of(mk_ctx *ctx, bool transpose, conv_attrs *local, const conv_attrs **out)
-{
-    const conv_state *st = ctx->node->state;
-    if (st) {
-        *out = &st->attrs;
-        return MASKD_OK;
-    }
-    *out = local;
-    return parse_attrs(ctx, transpose, local);
-}
-
 /* ---- planning ------------------------------------------------------------ */
 
 /* Output channels per item: more chunks when tiles alone leave threads idle. */
@@ -170,13 +142,13 @@ static void split_channels(conv_plan *p, int64_t outer, int64_t m)
     int64_t chunks = 1;
     const int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1;
     if (outer * p->n_tiles > 0 && outer * p->n_tiles < want) {
-        chunks = ceil_div(want, outer * p->n_tiles);
-        int64_t cap = ceil_div(m, 16);
+        chunks = mk_ceil_div(want, outer * p->n_tiles);
+        int64_t cap = mk_ceil_div(m, 16);
         if (chunks > cap) chunks = cap;
         if (chunks < 1) chunks = 1;
     }
-    p->m_chunk = ceil_div(m, chunks);
-    p->n_mchunks = ceil_div(m, p->m_chunk);
+    p->m_chunk = mk_ceil_div(m, chunks);
+    p->n_mchunks = mk_ceil_div(m, p->m_chunk);
 }
 
 /*
@@ -193,19 +165,19 @@ static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_positi
     int64_t tile = bytes_per_position > 0 ? COL_BUDGET_BYTES / bytes_per_position : positions;
     if (tile < MIN_TILE) tile = MIN_TILE;
     if (tile > positions) tile = positions;
-    int64_t n_tiles = ceil_div(positions, tile);
+    int64_t n_tiles = mk_ceil_div(positions, tile);
     const int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1;
     if (outer * n_tiles < want) {
-        int64_t more = ceil_div(want, outer);
-        int64_t cap = ceil_div(positions, MIN_TILE);
+        int64_t more = mk_ceil_div(want, outer);
+        int64_t cap = mk_ceil_div(positions, MIN_TILE);
         if (more > cap) more = cap;
         if (more > n_tiles) n_tiles = more;
     }
-    tile = ceil_div(positions, n_tiles);
-    if (tile < positions) tile = ceil_div(tile, TILE_ALIGN) * TILE_ALIGN;
+    tile = mk_ceil_div(positions, n_tiles);
+    if (tile < positions) tile = mk_ceil_div(tile, TILE_ALIGN) * TILE_ALIGN;
     if (tile > positions) tile = positions;
     p->tile = tile;
-    p->n_tiles = ceil_div(positions, tile);
+    p->n_tiles = mk_ceil_div(positions, tile);
     split_channels(p, outer, m);
 }
 
@@ -277,7 +249,7 @@ static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
     int64_t widest = 0, tiles = 0;
     for (int j = 0; j < p->n_wz; j++) {
         const int64_t width = p->wz[j + 1] - p->wz[j];
-        p->zone_rows[j] = ceil_div(target, width);
+        p->zone_rows[j] = mk_ceil_div(target, width);
         if (p->zone_rows[j] > g->iter[1]) p->zone_rows[j] = g->iter[1];
     }
     for (int i = 0; i < p->n_hz; i++)
@@ -287,7 +259,7 @@ static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
             const int64_t n = rows * (p->wz[j + 1] - p->wz[j]);
             if (n > widest) widest = n;
             p->cell_first[i * p->n_wz + j] = tiles;
-            tiles += ceil_div(height, p->zone_rows[j]);
+            tiles += mk_ceil_div(height, p->zone_rows[j]);
         }
     /* A zone wider than the budget would need a column buffer far past it. */
     if (widest > 4 * target) return false;
@@ -296,50 +268,34 @@ static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
     p->tile = widest;
     p->n_tiles = tiles;
     split_channels(p, outer, p->cout_g);
-    const size_t col = align64((size_t)(k_rows * widest) * sizeof(float));
+    const size_t col = mk_align64((size_t)(k_rows * widest) * sizeof(float));
     p->stage_offset = col;
-    p->slot_bytes = col + align64((size_t)(p->m_chunk * widest) * sizeof(float));
+    p->slot_bytes = col + mk_align64((size_t)(p->m_chunk * widest) * sizeof(float));
     return true;
 }
 
 static int bad_shape(mk_ctx *ctx, const char *what)
 {
     char xs[96], ws[96];
-    return mk_fail(ctx->err, MASKD_ERR_SHAPE, "%s: node '%s': %s (X %s, W %s)",
-                   ctx->node->op_type, ctx->node->name, what,
-                   mk_shape_str(ctx->in[0], xs, sizeof xs),
-                   mk_shape_str(ctx->in[1], ws, sizeof ws));
+    return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%s (X %s, W %s)", what,
+                      mk_shape_str(ctx->in[0], xs, sizeof xs),
+                      mk_shape_str(ctx->in[1], ws, sizeof ws));
 }
 
 /* Output size and begin pad of one spatial dim of a Conv. */
 static int conv_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int64_t in,
                     int64_t k, int64_t s, int64_t d, int64_t *out, int64_t *pad_begin)
 {
-    const int64_t eff = (k - 1) * d + 1;
-    int64_t pb = 0, pe = 0;
-    switch (a->auto_pad) {
-    case PAD_NOTSET:
-        if (a->n_pads > 0) {
-            pb = a->pads[i];
-            pe = a->pads[i + rank];
-        }
-        if (in + pb + pe < eff) return bad_shape(ctx, "the padded input is smaller than the kernel");
-        *out = (in + pb + pe - eff) / s + 1;
-        break;
-    case PAD_VALID:
-        if (in < eff) return bad_shape(ctx, "the input is smaller than the kernel");
-        *out = (in - eff) / s + 1;
-        break;
-    case PAD_SAME_UPPER:
-    case PAD_SAME_LOWER: {
-        *out = ceil_div(in, s);
-        int64_t total = (*out - 1) * s + eff - in;
-        if (total < 0) total = 0;
-        pb = a->auto_pad == PAD_SAME_UPPER ? total / 2 : total - total / 2;
-        break;
+    int64_t pe = 0;
+    *pad_begin = 0;
+    if (a->n_pads > 0) {
+        *pad_begin = a->pads[i];
+        pe = a->pads[i + rank];
     }
-    }
-    *pad_begin = pb;
+    if (!mk_window_axis(a->auto_pad, in, (k - 1) * d + 1, s, false, pad_begin, &pe, out))
+        return bad_shape(ctx, a->auto_pad == MK_PAD_VALID
+                                  ? "the input is smaller than the kernel"
+                                  : "the padded input is smaller than the kernel");
     return MASKD_OK;
 }
 
@@ -352,20 +308,20 @@ static int transpose_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int6
     const int64_t full = s * (in - 1) + op + eff; /* the output with no padding */
     int64_t target = -1;
     if (a->n_out_shape > 0) target = a->out_shape[a->n_out_shape - rank + i];
-    else if (a->auto_pad == PAD_SAME_UPPER || a->auto_pad == PAD_SAME_LOWER) target = in * s;
+    else if (a->auto_pad == MK_PAD_SAME_UPPER || a->auto_pad == MK_PAD_SAME_LOWER) target = in * s;
     if (target >= 0) {
         /* Pads split the difference; an output larger than `full` grows at the
          * end, as output_padding does (ONNX's output_shape tests expect that). */
         int64_t total = full - target;
         int64_t pb = 0;
         if (total > 0)
-            pb = a->auto_pad == PAD_SAME_UPPER ? total / 2 : total - total / 2;
+            pb = mk_same_pad_begin(a->auto_pad, total);
         *out = target;
         *pad_begin = pb;
         return MASKD_OK;
     }
     int64_t pb = 0, pe = 0;
-    if (a->auto_pad == PAD_NOTSET && a->n_pads > 0) {
+    if (a->auto_pad == MK_PAD_NOTSET && a->n_pads > 0) {
         pb = a->pads[i];
         pe = a->pads[i + rank];
     }
@@ -379,23 +335,19 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
 {
     const mk_node *node = ctx->node;
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = ctx->n_in > 0 ? ctx->in[0] : NULL;
-    const mk_tensor *w = ctx->n_in > 1 ? ctx->in[1] : NULL;
-    const mk_tensor *b = ctx->n_in > 2 ? ctx->in[2] : NULL;
-    if (!x || !w)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': needs inputs X and W",
-                       node->op_type, node->name);
+    mk_tensor *x, *w, *b = mk_input(ctx, 2);
+    int rc;
+    if ((rc = mk_need_input(ctx, 0, &x)) || (rc = mk_need_input(ctx, 1, &w))) return rc;
     if (x->ndim < 0 || w->ndim < 0 || (b && b->ndim < 0)) return MK_DYNAMIC;
     if (x->dtype != MASKD_FLOAT || w->dtype != MASKD_FLOAT || (b && b->dtype != MASKD_FLOAT))
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': only float32 is supported (X is %s, W is %s)",
-                       node->op_type, node->name, maskd_dtype_name(x->dtype),
-                       maskd_dtype_name(w->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "only float32 is supported (X is %s, W is %s)",
+                          maskd_dtype_name(x->dtype), maskd_dtype_name(w->dtype));
     if (x->ndim < 3 || x->ndim > MAX_SPATIAL + 2)
         return x->ndim < 3 ? bad_shape(ctx, "X must be [N, C, spatial...]")
-                           : mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                                     "%s: node '%s': %d spatial dims; at most %d are supported",
-                                     node->op_type, node->name, x->ndim - 2, MAX_SPATIAL);
+                           : mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                                        "%d spatial dims; at most %d are supported", x->ndim - 2,
+                                        MAX_SPATIAL);
     if (w->ndim != x->ndim) return bad_shape(ctx, "W must have the rank of X");
     const int rank = x->ndim - 2;
     p->rank = rank;
@@ -441,8 +393,8 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         const int64_t s = a->n_strides > 0 ? a->strides[i] : 1;
         const int64_t dil = a->n_dilations > 0 ? a->dilations[i] : 1;
         int64_t out = 0, pb = 0;
-        int rc = a->transpose ? transpose_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb)
-                              : conv_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb);
+        rc = a->transpose ? transpose_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb)
+                          : conv_dim(ctx, a, i, rank, in, k, s, dil, &out, &pb);
         if (rc) return rc;
         p->out_dims[i] = out;
         g->kernel[off + i] = k;
@@ -464,17 +416,17 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         /* Items own whole output channels (col2im of neighbouring input tiles
          * overlaps); tiles walk the input inside an item. */
         int64_t want = p->slots > 1 ? 2 * (int64_t)p->slots : 1, chunks = 1;
-        if (outer > 0 && outer < want) chunks = ceil_div(want, outer);
+        if (outer > 0 && outer < want) chunks = mk_ceil_div(want, outer);
         if (chunks > p->cout_g) chunks = p->cout_g;
         if (chunks < 1) chunks = 1;
-        p->m_chunk = p->cout_g > 0 ? ceil_div(p->cout_g, chunks) : 0;
-        p->n_mchunks = p->m_chunk > 0 ? ceil_div(p->cout_g, p->m_chunk) : 0;
+        p->m_chunk = p->cout_g > 0 ? mk_ceil_div(p->cout_g, chunks) : 0;
+        p->n_mchunks = p->m_chunk > 0 ? mk_ceil_div(p->cout_g, p->m_chunk) : 0;
         int64_t rows = p->m_chunk * p->taps;
         p->tile = rows > 0 ? COL_BUDGET_BYTES / (rows * (int64_t)sizeof(float)) : p->s_in;
         if (p->tile < 8) p->tile = 8;
         if (p->tile > p->s_in) p->tile = p->s_in;
-        p->n_tiles = p->tile > 0 ? ceil_div(p->s_in, p->tile) : 0;
-        if (p->cin_g > 0) p->slot_bytes = align64((size_t)(rows * p->tile) * sizeof(float));
+        p->n_tiles = p->tile > 0 ? mk_ceil_div(p->s_in, p->tile) : 0;
+        if (p->cin_g > 0) p->slot_bytes = mk_align64((size_t)(rows * p->tile) * sizeof(float));
         return MASKD_OK;
     }
 
@@ -493,13 +445,13 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         if (k_rows == 0 || !plan_zones(p, k_rows, outer)) {
             p->zoned = false;
             split_work(p, p->s_out, k_rows * (int64_t)sizeof(float), outer, p->cout_g);
-            p->slot_bytes = align64((size_t)(k_rows * p->tile) * sizeof(float));
+            p->slot_bytes = mk_align64((size_t)(k_rows * p->tile) * sizeof(float));
         }
         p->pack_weights = p->taps > 1 && p->cin_g > 0;
         const conv_state *st = node->state;
         bool prepacked = st && st->packed_w && w->data && st->packed_from == w->data &&
                          st->packed_numel == mk_numel(w);
-        if (p->pack_weights && !prepacked) p->pack_bytes = align64(mk_nbytes(w));
+        if (p->pack_weights && !prepacked) p->pack_bytes = mk_align64(mk_nbytes(w));
     }
     return MASKD_OK;
 }
@@ -511,7 +463,7 @@ static size_t plan_scratch(const conv_plan *p)
 
 static int set_output(mk_ctx *ctx, const conv_plan *p)
 {
-    mk_tensor *y = ctx->n_out > 0 ? ctx->out[0] : NULL;
+    mk_tensor *y = mk_output(ctx, 0);
     if (!y) return MASKD_OK;
     y->dtype = MASKD_FLOAT;
     y->ndim = p->rank + 2;
@@ -759,17 +711,23 @@ static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
     }
 }
 
+/* The plan for the node's attributes (parsed at load, or now when prepare
+ * did not run) and its inputs' current shapes. */
+static int plan_of(mk_ctx *ctx, bool transpose, conv_plan *p)
+{
+    const conv_state *st = ctx->node->state;
+    if (st) return make_plan(ctx, &st->attrs, p);
+    conv_attrs local;
+    int rc = parse_attrs(ctx, transpose, &local);
+    return rc ? rc : make_plan(ctx, &local, p);
+}
+
 static int run_common(mk_ctx *ctx, bool transpose)
 {
-    conv_attrs local;
-    const conv_attrs *a;
-    int rc = attrs_of(ctx, transpose, &local, &a);
-    if (rc) return rc;
     conv_plan p;
-    rc = make_plan(ctx, a, &p);
+    int rc = plan_of(ctx, transpose, &p);
     if (rc == MK_DYNAMIC)
-        return mk_fail(ctx->err, MASKD_ERR_RUNTIME, "%s: node '%s': input shapes unknown at run",
-                       ctx->node->op_type, ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "input shapes unknown at run");
     if (rc) return rc;
     mk_tensor *yt = ctx->out[0];
     if (!yt || mk_numel(yt) == 0) return MASKD_OK;
@@ -790,13 +748,12 @@ static int run_common(mk_ctx *ctx, bool transpose)
     if (need > 0 && (!scratch || ctx->scratch_bytes < need)) {
         owned = mk_aligned_alloc(need);
         if (!owned)
-            return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory (%zu bytes)",
-                           ctx->node->op_type, ctx->node->name, need);
+            return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory (%zu bytes)", need);
         scratch = owned;
     }
 
     const mk_tensor *w = ctx->in[1];
-    const mk_tensor *b = ctx->n_in > 2 ? ctx->in[2] : NULL;
+    const mk_tensor *b = mk_input(ctx, 2);
     conv_job job = {
         .p = &p,
         .x = ctx->in[0]->data,
@@ -837,14 +794,13 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
 {
     conv_state *st = calloc(1, sizeof *st);
     if (!st)
-        return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory",
-                       ctx->node->op_type, ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
     int rc = parse_attrs(ctx, transpose, &st->attrs);
     if (rc) {
         free(st);
         return rc;
     }
-    const mk_tensor *w = ctx->n_in > 1 ? ctx->in[1] : NULL;
+    const mk_tensor *w = mk_input(ctx, 1);
     /* Pack once at load what im2col would otherwise pack on every run. */
     if (!transpose && w && w->data && w->dtype == MASKD_FLOAT && w->ndim >= 3 &&
         w->ndim <= MAX_SPATIAL + 2 && st->attrs.group >= 1) {
@@ -855,8 +811,7 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
             st->packed_w = mk_aligned_alloc(mk_nbytes(w));
             if (!st->packed_w) {
                 free(st);
-                return mk_fail(ctx->err, MASKD_ERR_NOMEM, "%s: node '%s': out of memory",
-                               ctx->node->op_type, ctx->node->name);
+                return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
             }
             pack_weights(w->data, c_out, cin_g, taps, st->packed_w);
             st->packed_from = w->data;
@@ -869,12 +824,8 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
 
 static int infer_common(mk_ctx *ctx, bool transpose)
 {
-    conv_attrs local;
-    const conv_attrs *a;
-    int rc = attrs_of(ctx, transpose, &local, &a);
-    if (rc) return rc;
     conv_plan p;
-    rc = make_plan(ctx, a, &p);
+    int rc = plan_of(ctx, transpose, &p);
     if (rc) return rc;
     ctx->scratch_bytes = plan_scratch(&p);
     return set_output(ctx, &p);

@@ -6,7 +6,6 @@
  * input rows (DepthToSpace) or strides through one (SpaceToDepth).
  */
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,109 +21,79 @@ typedef struct block_attrs {
     d2s_order order;
 } block_attrs;
 
-static int block_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int block_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-{
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return mk_fail(ctx->err, code, "%s: node '%s': %s", ctx->node->op_type,
-                   ctx->node->name ? ctx->node->name : "", what);
-}
-
 static int block_prepare(mk_ctx *ctx)
 {
     block_attrs a = {0, ORDER_DCR};
     a.block = mk_attr_int(ctx->node, "blocksize", 0);
     if (a.block < 1 || a.block > ((int64_t)1 << 20))
-        return block_fail(ctx, MASKD_ERR_INVALID, "blocksize %lld is out of range",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "blocksize %lld is out of range",
                           (long long)a.block);
     if (!strcmp(ctx->node->op_type, "DepthToSpace")) {
         /* mode arrived at opset 11; before it the layout was DCR. */
         const char *mode = mk_attr_str(ctx->node, "mode", "DCR");
         if (!strcmp(mode, "DCR")) a.order = ORDER_DCR;
         else if (!strcmp(mode, "CRD")) a.order = ORDER_CRD;
-        else return block_fail(ctx, MASKD_ERR_INVALID, "unknown mode '%s'", mode);
+        else return mk_op_fail(ctx, MASKD_ERR_INVALID, "unknown mode '%s'", mode);
     }
     block_attrs *state = malloc(sizeof *state);
-    if (!state) return block_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    if (!state) return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
     *state = a;
     ctx->node->state = state;
     return MASKD_OK;
 }
 
-static int check_input(mk_ctx *ctx, const block_attrs **attrs)
+/* DepthToSpace (to_space) spreads each group of blocksize^2 channels over a
+ * blocksize x blocksize patch of pixels; SpaceToDepth gathers them back. */
+static int block_infer(mk_ctx *ctx, bool to_space)
 {
     const block_attrs *a = ctx->node->state;
-    const mk_tensor *x = ctx->in[0];
+    mk_tensor *x, *y;
     char shape[128];
-    if (!a) return block_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
-    if (!x) return block_fail(ctx, MASKD_ERR_INVALID, "input is missing");
-    if (!ctx->out[0]) return block_fail(ctx, MASKD_ERR_INVALID, "output is missing");
+    int rc;
+    if (!a) return mk_op_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
+    if ((rc = mk_need_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
     if (x->ndim != 4)
-        return block_fail(ctx, MASKD_ERR_SHAPE, "input must be N x C x H x W, got %s",
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input must be N x C x H x W, got %s",
                           mk_shape_str(x, shape, sizeof shape));
     const size_t size = maskd_dtype_size(x->dtype);
     if (size != 1 && size != 2 && size != 4 && size != 8)
-        return block_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
                           maskd_dtype_name(x->dtype));
-    *attrs = a;
-    return MASKD_OK;
-}
-
-static int d2s_infer(mk_ctx *ctx)
-{
-    const block_attrs *a = NULL;
-    int rc = check_input(ctx, &a);
-    if (rc) return rc;
-    const mk_tensor *x = ctx->in[0];
-    char shape[128];
     const int64_t b = a->block, area = b * b;
-    if (x->dims[1] % area)
-        return block_fail(ctx, MASKD_ERR_SHAPE,
-                          "channels of %s are not a multiple of blocksize^2 = %lld",
-                          mk_shape_str(x, shape, sizeof shape), (long long)area);
-    mk_tensor *y = ctx->out[0];
+    int64_t c, h, w;
+    bool overflow;
+    if (to_space) {
+        if (x->dims[1] % area)
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "channels of %s are not a multiple of blocksize^2 = %lld",
+                              mk_shape_str(x, shape, sizeof shape), (long long)area);
+        c = x->dims[1] / area;
+        overflow = __builtin_mul_overflow(x->dims[2], b, &h) ||
+                   __builtin_mul_overflow(x->dims[3], b, &w);
+    } else {
+        if (x->dims[2] % b || x->dims[3] % b)
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "height and width of %s are not multiples of blocksize %lld",
+                              mk_shape_str(x, shape, sizeof shape), (long long)b);
+        overflow = __builtin_mul_overflow(x->dims[1], area, &c);
+        h = x->dims[2] / b;
+        w = x->dims[3] / b;
+    }
+    if (overflow)
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "output of %s is too large",
+                          mk_shape_str(x, shape, sizeof shape));
     y->dtype = x->dtype;
     y->ndim = 4;
     y->dims[0] = x->dims[0];
-    y->dims[1] = x->dims[1] / area;
-    if (__builtin_mul_overflow(x->dims[2], b, &y->dims[2]) ||
-        __builtin_mul_overflow(x->dims[3], b, &y->dims[3]))
-        return block_fail(ctx, MASKD_ERR_SHAPE, "output of %s is too large",
-                          mk_shape_str(x, shape, sizeof shape));
+    y->dims[1] = c;
+    y->dims[2] = h;
+    y->dims[3] = w;
     ctx->scratch_bytes = 0;
     return MASKD_OK;
 }
 
-static int s2d_infer(mk_ctx *ctx)
-{
-    const block_attrs *a = NULL;
-    int rc = check_input(ctx, &a);
-    if (rc) return rc;
-    const mk_tensor *x = ctx->in[0];
-    char shape[128];
-    const int64_t b = a->block;
-    if (x->dims[2] % b || x->dims[3] % b)
-        return block_fail(ctx, MASKD_ERR_SHAPE,
-                          "height and width of %s are not multiples of blocksize %lld",
-                          mk_shape_str(x, shape, sizeof shape), (long long)b);
-    mk_tensor *y = ctx->out[0];
-    y->dtype = x->dtype;
-    y->ndim = 4;
-    y->dims[0] = x->dims[0];
-    if (__builtin_mul_overflow(x->dims[1], b * b, &y->dims[1]))
-        return block_fail(ctx, MASKD_ERR_SHAPE, "output of %s is too large",
-                          mk_shape_str(x, shape, sizeof shape));
-    y->dims[2] = x->dims[2] / b;
-    y->dims[3] = x->dims[3] / b;
-    ctx->scratch_bytes = 0;
-    return MASKD_OK;
-}
+static int d2s_infer(mk_ctx *ctx) { return block_infer(ctx, true); }
+static int s2d_infer(mk_ctx *ctx) { return block_infer(ctx, false); }
 
 typedef struct block_job {
     const void *x;

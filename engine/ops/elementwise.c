@@ -24,7 +24,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 enum { GRAIN = 16384 };
 enum { N_DTYPES = MASKD_UINT64 + 1 };
@@ -396,18 +396,14 @@ static void run_broadcast(mk_ctx *ctx, mk_tensor *out, const mk_tensor *const in
 static int need_io(mk_ctx *ctx, int min_in)
 {
     if (ctx->n_in < min_in || ctx->n_out < 1 || !ctx->out[0])
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': needs %d input(s) and an output",
-                       ctx->node->op_type, ctx->node->name, min_in);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs %d input(s) and an output", min_in);
     for (int i = 0; i < ctx->n_in; i++) {
         const mk_tensor *t = ctx->in[i];
         if (!t)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': input %d is missing",
-                           ctx->node->op_type, ctx->node->name, i);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "input %d is missing", i);
         if (t->ndim < 0 || t->ndim > MASKD_MAX_DIMS)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "%s: node '%s': input %d has unknown or too high rank %d",
-                           ctx->node->op_type, ctx->node->name, i, t->ndim);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "input %d has unknown or too high rank %d", i,
+                              t->ndim);
     }
     return MASKD_OK;
 }
@@ -423,10 +419,8 @@ static int infer_broadcast(mk_ctx *ctx, int first)
             char s[MAX_OPERANDS][96];
             int n = ctx->n_in < MAX_OPERANDS ? ctx->n_in : MAX_OPERANDS;
             for (int k = 0; k < n; k++) mk_shape_str(ctx->in[k], s[k], sizeof s[k]);
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "%s: node '%s': input shapes %s, %s%s%s do not broadcast",
-                           ctx->node->op_type, ctx->node->name, s[0], s[1],
-                           n > 2 ? ", " : "", n > 2 ? s[2] : "");
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input shapes %s, %s%s%s do not broadcast",
+                              s[0], s[1], n > 2 ? ", " : "", n > 2 ? s[2] : "");
         }
     }
     return MASKD_OK;
@@ -436,11 +430,9 @@ static int check_same_dtype(mk_ctx *ctx, int first)
 {
     for (int i = first + 1; i < ctx->n_in; i++)
         if (ctx->in[i]->dtype != ctx->in[first]->dtype)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "%s: node '%s': input %d is %s but input %d is %s",
-                           ctx->node->op_type, ctx->node->name, i,
-                           maskd_dtype_name(ctx->in[i]->dtype), first,
-                           maskd_dtype_name(ctx->in[first]->dtype));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "input %d is %s but input %d is %s", i,
+                              maskd_dtype_name(ctx->in[i]->dtype), first,
+                              maskd_dtype_name(ctx->in[first]->dtype));
     return MASKD_OK;
 }
 
@@ -451,19 +443,16 @@ static seg_fn kernel_for(const ew_op *op, maskd_dtype t)
 
 static int unsupported_dtype(mk_ctx *ctx, maskd_dtype t)
 {
-    return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                   "%s: node '%s': element type %s is not supported",
-                   ctx->node->op_type, ctx->node->name, maskd_dtype_name(t));
+    return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "element type %s is not supported",
+                      maskd_dtype_name(t));
 }
 
 /* A fused activation only makes sense on float output. */
 static int check_fused_act(mk_ctx *ctx)
 {
     if (ctx->node->act != MK_ACT_NONE && ctx->out[0]->dtype != MASKD_FLOAT)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': fused activation on %s output",
-                       ctx->node->op_type, ctx->node->name,
-                       maskd_dtype_name(ctx->out[0]->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "fused activation on %s output",
+                          maskd_dtype_name(ctx->out[0]->dtype));
     return MASKD_OK;
 }
 
@@ -472,9 +461,8 @@ static int check_fused_act(mk_ctx *ctx)
 static int prepare_dtypes(mk_ctx *ctx, const ew_op *op, int first)
 {
     for (int i = first; i < ctx->n_in; i++) {
-        const mk_tensor *t = ctx->in[i];
-        if (t && t->dtype != MASKD_UNDEFINED && !kernel_for(op, t->dtype))
-            return unsupported_dtype(ctx, t->dtype);
+        maskd_dtype t = mk_known_dtype(ctx, i);
+        if (t != MASKD_UNDEFINED && !kernel_for(op, t)) return unsupported_dtype(ctx, t);
     }
     return MASKD_OK;
 }
@@ -495,8 +483,7 @@ static int nary_infer(mk_ctx *ctx, const ew_op *op, int min_in)
 static int binary_infer(mk_ctx *ctx, const ew_op *op)
 {
     if (ctx->n_in != 2)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': takes 2 inputs, has %d",
-                       ctx->node->op_type, ctx->node->name, ctx->n_in);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "takes 2 inputs, has %d", ctx->n_in);
     return nary_infer(ctx, op, 2);
 }
 
@@ -595,12 +582,11 @@ static int mod_check(mk_ctx *ctx)
 {
     int64_t fmod_attr = mk_attr_int(ctx->node, "fmod", 0);
     if (fmod_attr != 0 && fmod_attr != 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Mod: node '%s': fmod must be 0 or 1, got %lld",
-                       ctx->node->name, (long long)fmod_attr);
-    if (!fmod_attr && ctx->n_in >= 1 && ctx->in[0] &&
-        (ctx->in[0]->dtype == MASKD_FLOAT || ctx->in[0]->dtype == MASKD_DOUBLE))
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Mod: node '%s': floating-point inputs require fmod=1", ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "fmod must be 0 or 1, got %lld",
+                          (long long)fmod_attr);
+    maskd_dtype t = mk_known_dtype(ctx, 0);
+    if (!fmod_attr && (t == MASKD_FLOAT || t == MASKD_DOUBLE))
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "floating-point inputs require fmod=1");
     return MASKD_OK;
 }
 
@@ -635,10 +621,9 @@ static int prelu_infer(mk_ctx *ctx)
     if (rc) return rc;
     if (!mk_same_shape(ctx->out[0], ctx->in[0])) {
         char sx[96], ss[96];
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "PRelu: node '%s': slope %s does not broadcast to input %s",
-                       ctx->node->name, mk_shape_str(ctx->in[1], ss, sizeof ss),
-                       mk_shape_str(ctx->in[0], sx, sizeof sx));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "slope %s does not broadcast to input %s",
+                          mk_shape_str(ctx->in[1], ss, sizeof ss),
+                          mk_shape_str(ctx->in[0], sx, sizeof sx));
     }
     return MASKD_OK;
 }
@@ -659,12 +644,11 @@ static int where_infer(mk_ctx *ctx)
 {
     int rc;
     if (ctx->n_in != 3)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Where: node '%s': takes 3 inputs, has %d",
-                       ctx->node->name, ctx->n_in);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "takes 3 inputs, has %d", ctx->n_in);
     if ((rc = need_io(ctx, 3)) || (rc = check_same_dtype(ctx, 1))) return rc;
     if (ctx->in[0]->dtype != MASKD_BOOL)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Where: node '%s': condition is %s, not bool",
-                       ctx->node->name, maskd_dtype_name(ctx->in[0]->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "condition is %s, not bool",
+                          maskd_dtype_name(ctx->in[0]->dtype));
     maskd_dtype t = ctx->in[1]->dtype;
     if (!kernel_for(&where_op, t)) return unsupported_dtype(ctx, t);
     if ((rc = infer_broadcast(ctx, 0))) return rc;
@@ -684,16 +668,14 @@ static int where_run(mk_ctx *ctx)
 static int not_check_dtype(mk_ctx *ctx, maskd_dtype t)
 {
     if (t != MASKD_BOOL)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Not: node '%s': input is %s, not bool",
-                       ctx->node->name, maskd_dtype_name(t));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "input is %s, not bool", maskd_dtype_name(t));
     return MASKD_OK;
 }
 
 static int not_prepare(mk_ctx *ctx)
 {
-    if (ctx->n_in >= 1 && ctx->in[0] && ctx->in[0]->dtype != MASKD_UNDEFINED)
-        return not_check_dtype(ctx, ctx->in[0]->dtype);
-    return MASKD_OK;
+    maskd_dtype t = mk_known_dtype(ctx, 0);
+    return t == MASKD_UNDEFINED ? MASKD_OK : not_check_dtype(ctx, t);
 }
 
 static int not_infer(mk_ctx *ctx)
@@ -722,17 +704,6 @@ static int not_run(mk_ctx *ctx)
 }
 
 /* ---- Pow -------------------------------------------------------------------- */
-
-static bool is_int_dtype(maskd_dtype t)
-{
-    switch (t) {
-    case MASKD_INT8: case MASKD_INT16: case MASKD_INT32: case MASKD_INT64:
-    case MASKD_UINT8: case MASKD_UINT16: case MASKD_UINT32: case MASKD_UINT64:
-        return true;
-    default:
-        return false;
-    }
-}
 
 static double load_f64(const void *p, int64_t i, maskd_dtype t)
 {
@@ -807,7 +778,7 @@ static void pow_mixed_seg(void *out, const void *const in[], const int64_t step[
                           int64_t n, const void *param)
 {
     const pow_types *t = param;
-    const bool int_exponent = is_int_dtype(t->exponent);
+    const bool int_exponent = mk_is_int_dtype(t->exponent);
     for (int64_t i = 0; i < n; i++) {
         int64_t ia = i * step[0], ib = i * step[1];
         switch (t->base) {
@@ -878,15 +849,15 @@ static bool pow_base_ok(maskd_dtype t)
 
 static bool pow_exponent_ok(maskd_dtype t)
 {
-    return t == MASKD_FLOAT || t == MASKD_DOUBLE || is_int_dtype(t);
+    return t == MASKD_FLOAT || t == MASKD_DOUBLE || mk_is_int_dtype(t);
 }
 
 static int pow_prepare(mk_ctx *ctx)
 {
-    for (int i = 0; i < 2 && i < ctx->n_in; i++) {
-        const mk_tensor *t = ctx->in[i];
-        if (t && t->dtype != MASKD_UNDEFINED && !(i == 0 ? pow_base_ok : pow_exponent_ok)(t->dtype))
-            return unsupported_dtype(ctx, t->dtype);
+    for (int i = 0; i < 2; i++) {
+        maskd_dtype t = mk_known_dtype(ctx, i);
+        if (t != MASKD_UNDEFINED && !(i == 0 ? pow_base_ok : pow_exponent_ok)(t))
+            return unsupported_dtype(ctx, t);
     }
     return MASKD_OK;
 }
@@ -895,8 +866,7 @@ static int pow_infer(mk_ctx *ctx)
 {
     int rc;
     if (ctx->n_in != 2)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Pow: node '%s': takes 2 inputs, has %d",
-                       ctx->node->name, ctx->n_in);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "takes 2 inputs, has %d", ctx->n_in);
     if ((rc = need_io(ctx, 2))) return rc;
     maskd_dtype tb = ctx->in[0]->dtype, te = ctx->in[1]->dtype;
     if (!pow_base_ok(tb)) return unsupported_dtype(ctx, tb);

@@ -13,12 +13,11 @@
 #include <cblas.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 /* Below this many multiply-adds a problem is not worth splitting. */
 enum { SPLIT_MIN_MACS = 1 << 18, MIN_BLOCK = 16 };
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* One C = alpha * op(A) op(B) (+ beta * bias) problem. */
 typedef struct gemm_problem {
@@ -46,13 +45,13 @@ static void plan_blocks(gemm_problem *g, int slots, int64_t items_alongside)
     int64_t blocks = 1;
     const int64_t want = slots > 1 ? 2 * (int64_t)slots : 1;
     if (items_alongside < want && g->m * g->n * g->k >= SPLIT_MIN_MACS) {
-        blocks = ceil_div(want, items_alongside);
-        int64_t cap = ceil_div(dim, MIN_BLOCK);
+        blocks = mk_ceil_div(want, items_alongside);
+        int64_t cap = mk_ceil_div(dim, MIN_BLOCK);
         if (blocks > cap) blocks = cap;
     }
     if (blocks < 1) blocks = 1;
-    g->block = dim > 0 ? ceil_div(dim, blocks) : 0;
-    g->n_blocks = g->block > 0 ? ceil_div(dim, g->block) : 0;
+    g->block = dim > 0 ? mk_ceil_div(dim, blocks) : 0;
+    g->n_blocks = g->block > 0 ? mk_ceil_div(dim, g->block) : 0;
 }
 
 static void sgemm_block(const gemm_problem *g, int64_t i)
@@ -117,21 +116,18 @@ INT_MATMUL_BLOCK(int64_t, uint64_t)
 static int gemm_check(mk_ctx *ctx, gemm_problem *g)
 {
     const mk_node *node = ctx->node;
-    const mk_tensor *a = ctx->n_in > 0 ? ctx->in[0] : NULL;
-    const mk_tensor *b = ctx->n_in > 1 ? ctx->in[1] : NULL;
-    const mk_tensor *c = ctx->n_in > 2 ? ctx->in[2] : NULL;
-    if (!a || !b)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Gemm: node '%s': needs inputs A and B",
-                       node->name);
+    mk_tensor *a, *b, *c = mk_input(ctx, 2);
+    int rc;
+    if ((rc = mk_need_input(ctx, 0, &a)) || (rc = mk_need_input(ctx, 1, &b))) return rc;
     if (a->ndim < 0 || b->ndim < 0 || (c && c->ndim < 0)) return MK_DYNAMIC;
     if (a->dtype != MASKD_FLOAT || b->dtype != MASKD_FLOAT || (c && c->dtype != MASKD_FLOAT))
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "Gemm: node '%s': only float32 is supported (A is %s, B is %s)",
-                       node->name, maskd_dtype_name(a->dtype), maskd_dtype_name(b->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "only float32 is supported (A is %s, B is %s)",
+                          maskd_dtype_name(a->dtype), maskd_dtype_name(b->dtype));
     char as[96], bs[96], cs[96];
     if (a->ndim != 2 || b->ndim != 2)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE, "Gemm: node '%s': A %s and B %s must be 2-D",
-                       node->name, mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "A %s and B %s must be 2-D",
+                          mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
     memset(g, 0, sizeof *g);
     g->trans_a = mk_attr_int(node, "transA", 0) != 0;
     g->trans_b = mk_attr_int(node, "transB", 0) != 0;
@@ -141,10 +137,10 @@ static int gemm_check(mk_ctx *ctx, gemm_problem *g)
     g->k = a->dims[g->trans_a ? 0 : 1];
     g->n = b->dims[g->trans_b ? 0 : 1];
     if (b->dims[g->trans_b ? 1 : 0] != g->k)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "Gemm: node '%s': inner dims differ (A %s, B %s, transA %d, transB %d)",
-                       node->name, mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs),
-                       g->trans_a, g->trans_b);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                          "inner dims differ (A %s, B %s, transA %d, transB %d)",
+                          mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs),
+                          g->trans_a, g->trans_b);
     g->lda = a->dims[1];
     g->ldb = b->dims[1];
     g->ldc = g->n;
@@ -157,9 +153,8 @@ static int gemm_check(mk_ctx *ctx, gemm_problem *g)
             cn = c->dims[1];
         }
         if (c->ndim > 2 || (cm != 1 && cm != g->m) || (cn != 1 && cn != g->n))
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Gemm: node '%s': C %s does not broadcast to [%lld,%lld]", node->name,
-                           mk_shape_str(c, cs, sizeof cs), (long long)g->m, (long long)g->n);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "C %s does not broadcast to [%lld,%lld]",
+                              mk_shape_str(c, cs, sizeof cs), (long long)g->m, (long long)g->n);
         g->bias_rs = cm == 1 ? 0 : cn;
         g->bias_cs = cn == 1 ? 0 : 1;
     }
@@ -171,7 +166,7 @@ static int gemm_infer(mk_ctx *ctx)
     gemm_problem g;
     int rc = gemm_check(ctx, &g);
     if (rc) return rc;
-    mk_tensor *y = ctx->out[0];
+    mk_tensor *y = mk_output(ctx, 0);
     if (y) {
         y->dtype = MASKD_FLOAT;
         y->ndim = 2;
@@ -194,12 +189,11 @@ static int gemm_run(mk_ctx *ctx)
     gemm_problem g;
     int rc = gemm_check(ctx, &g);
     if (rc == MK_DYNAMIC)
-        return mk_fail(ctx->err, MASKD_ERR_RUNTIME, "Gemm: node '%s': input shapes unknown at run",
-                       ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "input shapes unknown at run");
     if (rc) return rc;
     mk_tensor *y = ctx->out[0];
     if (!y || g.m == 0 || g.n == 0) return MASKD_OK;
-    const mk_tensor *c = ctx->n_in > 2 ? ctx->in[2] : NULL;
+    const mk_tensor *c = mk_input(ctx, 2);
     g.a = ctx->in[0]->data;
     g.b = ctx->in[1]->data;
     g.c = y->data;
@@ -228,24 +222,21 @@ typedef struct matmul_plan {
 
 static int matmul_check(mk_ctx *ctx, matmul_plan *p)
 {
-    const mk_node *node = ctx->node;
-    const mk_tensor *a = ctx->n_in > 0 ? ctx->in[0] : NULL;
-    const mk_tensor *b = ctx->n_in > 1 ? ctx->in[1] : NULL;
-    if (!a || !b)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "MatMul: node '%s': needs inputs A and B",
-                       node->name);
+    mk_tensor *a, *b;
+    int rc;
+    if ((rc = mk_need_input(ctx, 0, &a)) || (rc = mk_need_input(ctx, 1, &b))) return rc;
     if (a->ndim < 0 || b->ndim < 0) return MK_DYNAMIC;
     if (a->dtype != b->dtype)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "MatMul: node '%s': A is %s but B is %s",
-                       node->name, maskd_dtype_name(a->dtype), maskd_dtype_name(b->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "A is %s but B is %s", maskd_dtype_name(a->dtype),
+                          maskd_dtype_name(b->dtype));
     if (a->dtype != MASKD_FLOAT && a->dtype != MASKD_INT32 && a->dtype != MASKD_INT64)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "MatMul: node '%s': %s is not supported (float32, int32, int64 are)",
-                       node->name, maskd_dtype_name(a->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "%s is not supported (float32, int32, int64 are)",
+                          maskd_dtype_name(a->dtype));
     char as[96], bs[96];
     if (a->ndim < 1 || b->ndim < 1)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE, "MatMul: node '%s': scalars (A %s, B %s)",
-                       node->name, mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "scalars (A %s, B %s)",
+                          mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
     memset(p, 0, sizeof *p);
     p->dtype = a->dtype;
     gemm_problem *g = &p->g;
@@ -256,8 +247,8 @@ static int matmul_check(mk_ctx *ctx, matmul_plan *p)
     const int64_t kb = b->ndim >= 2 ? b->dims[b->ndim - 2] : b->dims[0];
     g->n = b->ndim >= 2 ? b->dims[b->ndim - 1] : 1;
     if (kb != g->k)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE, "MatMul: node '%s': inner dims differ (A %s, B %s)",
-                       node->name, mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "inner dims differ (A %s, B %s)",
+                          mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
     g->lda = g->k;
     g->ldb = g->n;
     g->ldc = g->n;
@@ -271,10 +262,8 @@ static int matmul_check(mk_ctx *ctx, matmul_plan *p)
         const int ai = i - (p->nb - a_nb), bi = i - (p->nb - b_nb);
         const int64_t ad = ai >= 0 ? a->dims[ai] : 1, bd = bi >= 0 ? b->dims[bi] : 1;
         if (ad != bd && ad != 1 && bd != 1)
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "MatMul: node '%s': batch dims do not broadcast (A %s, B %s)",
-                           node->name, mk_shape_str(a, as, sizeof as),
-                           mk_shape_str(b, bs, sizeof bs));
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "batch dims do not broadcast (A %s, B %s)",
+                              mk_shape_str(a, as, sizeof as), mk_shape_str(b, bs, sizeof bs));
         const int64_t od = ad == 1 ? bd : ad;
         p->batch_dims[i] = od;
         p->a_stride[i] = ad == 1 ? 0 : a_step;
@@ -295,7 +284,7 @@ static int matmul_infer(mk_ctx *ctx)
     matmul_plan p;
     int rc = matmul_check(ctx, &p);
     if (rc) return rc;
-    mk_tensor *y = ctx->out[0];
+    mk_tensor *y = mk_output(ctx, 0);
     if (y) {
         y->dtype = p.dtype;
         y->ndim = p.out_ndim;
@@ -344,8 +333,7 @@ static int matmul_run(mk_ctx *ctx)
     matmul_plan p;
     int rc = matmul_check(ctx, &p);
     if (rc == MK_DYNAMIC)
-        return mk_fail(ctx->err, MASKD_ERR_RUNTIME,
-                       "MatMul: node '%s': input shapes unknown at run", ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "input shapes unknown at run");
     if (rc) return rc;
     mk_tensor *y = ctx->out[0];
     if (!y || mk_numel(y) == 0) return MASKD_OK;
@@ -370,8 +358,8 @@ static int matmul_run(mk_ctx *ctx)
         /* The integer loop only splits rows. */
         const int64_t blocks = g->n_blocks;
         g->split_rows = true;
-        g->block = g->m > 0 ? ceil_div(g->m, blocks) : 0;
-        g->n_blocks = g->block > 0 ? ceil_div(g->m, g->block) : 0;
+        g->block = g->m > 0 ? mk_ceil_div(g->m, blocks) : 0;
+        g->n_blocks = g->block > 0 ? mk_ceil_div(g->m, g->block) : 0;
     }
     matmul_job job = {.p = &p, .elem = maskd_dtype_size(p.dtype)};
     const int64_t items = p.batch * g->n_blocks;

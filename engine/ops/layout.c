@@ -10,78 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 /* ---- shared helpers ------------------------------------------------------ */
-
-static const mk_tensor *input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
-}
-
-static mk_tensor *output(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_out ? ctx->out[i] : NULL;
-}
-
-static const char *name_of(const mk_ctx *ctx)
-{
-    return ctx->node->name ? ctx->node->name : "";
-}
-
-static int check_data_input(mk_ctx *ctx, const mk_tensor *x, int index)
-{
-    if (!x)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing input %d",
-                       ctx->node->op_type, name_of(ctx), index);
-    if (x->ndim < 0) return MK_DYNAMIC;
-    if (maskd_dtype_size(x->dtype) == 0)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': element type %s is not supported", ctx->node->op_type,
-                       name_of(ctx), maskd_dtype_name(x->dtype));
-    return MASKD_OK;
-}
-
-static int need_output(mk_ctx *ctx, int i, mk_tensor **out)
-{
-    *out = output(ctx, i);
-    if (!*out)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing output %d",
-                       ctx->node->op_type, name_of(ctx), i);
-    return MASKD_OK;
-}
-
-static bool is_int_type(maskd_dtype t)
-{
-    return t == MASKD_INT64 || t == MASKD_INT32 || t == MASKD_INT16 || t == MASKD_INT8 ||
-           t == MASKD_UINT64 || t == MASKD_UINT32 || t == MASKD_UINT16 || t == MASKD_UINT8;
-}
-
-/* Reads a 0-D or 1-D integer input into vals (at most cap values).
- * MK_DYNAMIC when its values are not known yet. */
-static int read_int_list(mk_ctx *ctx, const mk_tensor *t, const char *what, int64_t *vals,
-                         int cap, int *count)
-{
-    *count = 0;
-    if (t->ndim < 0) return MK_DYNAMIC;
-    if (t->ndim > 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': '%s' must be 1-D, got rank %d", ctx->node->op_type,
-                       name_of(ctx), what, t->ndim);
-    if (!is_int_type(t->dtype))
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': '%s' must be an integer tensor, got %s",
-                       ctx->node->op_type, name_of(ctx), what, maskd_dtype_name(t->dtype));
-    int64_t n = mk_numel(t);
-    if (n > cap)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': '%s' has %lld values (at most %d)", ctx->node->op_type,
-                       name_of(ctx), what, (long long)n, cap);
-    if (!t->data) return MK_DYNAMIC;
-    for (int64_t i = 0; i < n; i++) vals[i] = mk_get_i64(t, i);
-    *count = (int)n;
-    return MASKD_OK;
-}
 
 /* The same from an INTS attribute; *count = -1 when absent. */
 static int read_int_attr(mk_ctx *ctx, const char *name, int64_t *vals, int cap, int *count)
@@ -89,21 +20,9 @@ static int read_int_attr(mk_ctx *ctx, const char *name, int64_t *vals, int cap, 
     *count = -1;
     int n = mk_attr_ints(ctx->node, name, vals, cap);
     if (n > cap)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': attribute '%s' has %d values (at most %d)",
-                       ctx->node->op_type, name_of(ctx), name, n, cap);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "attribute '%s' has %d values (at most %d)", name,
+                          n, cap);
     *count = n;
-    return MASKD_OK;
-}
-
-static int normalize_axis(mk_ctx *ctx, int64_t axis, int rank, int *out)
-{
-    *out = 0;
-    if (axis < -rank || axis >= rank)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': axis %lld is out of range for rank %d",
-                       ctx->node->op_type, name_of(ctx), (long long)axis, rank);
-    *out = (int)(axis < 0 ? axis + rank : axis);
     return MASKD_OK;
 }
 
@@ -132,20 +51,6 @@ static void advance(int64_t *coord, const int64_t *dims, int n)
     }
 }
 
-/* Fills n elements of esize bytes with one element's bytes. */
-static void fill_elements(void *dst, const void *elem, size_t esize, int64_t n)
-{
-    if (n <= 0) return;
-    size_t total = (size_t)n * esize;
-    memcpy(dst, elem, esize);
-    size_t done = esize;
-    while (done < total) {
-        size_t chunk = done < total - done ? done : total - done;
-        memcpy((unsigned char *)dst + done, dst, chunk);
-        done += chunk;
-    }
-}
-
 /* n elements from src (stride in elements) to contiguous dst. */
 static void copy_strided(void *dst, const void *src, int64_t n, int64_t stride, size_t es)
 {
@@ -169,11 +74,20 @@ static void copy_strided(void *dst, const void *src, int64_t n, int64_t stride, 
     }
 }
 
-/* Rows per parallel chunk so that a chunk moves at least ~32 KB. */
-static int64_t row_grain(int64_t row_elems, size_t es)
+/* The tail of the ops that build y row by row (every axis but the last)
+ * from x of the same rank: fn over the rows in parallel, or the single
+ * element of a scalar. */
+static void run_rows(mk_ctx *ctx, const mk_tensor *x, mk_tensor *y, mk_range_fn fn, void *job)
 {
-    int64_t bytes = row_elems * (int64_t)es;
-    return bytes >= (1 << 15) ? 1 : (1 << 15) / (bytes + 1) + 1;
+    size_t es = maskd_dtype_size(y->dtype);
+    int64_t total = mk_numel(y);
+    if (total == 0) return;
+    if (y->ndim == 0) {
+        memcpy(y->data, x->data, es);
+        return;
+    }
+    int64_t len = y->dims[y->ndim - 1];
+    mk_parallel_for(ctx->pool, total / len, mk_row_grain(len, es), fn, job);
 }
 
 /* ---- Concat -------------------------------------------------------------- */
@@ -182,22 +96,20 @@ static int concat_infer(mk_ctx *ctx)
 {
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y))) return rc;
     if (ctx->n_in < 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Concat: node '%s': no inputs",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "no inputs");
+    const mk_tensor *x;
     for (int i = 0; i < ctx->n_in; i++)
-        if ((rc = check_data_input(ctx, ctx->in[i], i))) return rc;
+        if ((rc = mk_need_data_input(ctx, i, &x))) return rc;
     const mk_tensor *first = ctx->in[0];
     int rank = first->ndim;
     if (rank == 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Concat: node '%s': inputs are scalars",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "inputs are scalars");
     if (ctx->node->opset >= 4 && !mk_attr_find(ctx->node, "axis"))
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Concat: node '%s': missing 'axis'",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'axis'");
     int axis;
-    if ((rc = normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 1), rank, &axis))) return rc;
+    if ((rc = mk_normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 1), rank, &axis))) return rc;
     int64_t sum = 0;
     for (int i = 0; i < ctx->n_in; i++) {
         const mk_tensor *t = ctx->in[i];
@@ -205,12 +117,11 @@ static int concat_infer(mk_ctx *ctx)
         for (int k = 0; ok && k < rank; k++) ok = k == axis || t->dims[k] == first->dims[k];
         if (!ok) {
             char a[128], b[128];
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Concat: node '%s': input %d (%s %s) does not match input 0 "
-                           "(%s %s) on axis %d",
-                           name_of(ctx), i, maskd_dtype_name(t->dtype),
-                           mk_shape_str(t, a, sizeof a), maskd_dtype_name(first->dtype),
-                           mk_shape_str(first, b, sizeof b), axis);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "input %d (%s %s) does not match input 0 (%s %s) on axis %d", i,
+                              maskd_dtype_name(t->dtype), mk_shape_str(t, a, sizeof a),
+                              maskd_dtype_name(first->dtype), mk_shape_str(first, b, sizeof b),
+                              axis);
         }
         sum += t->dims[axis];
     }
@@ -249,14 +160,13 @@ static int concat_run(mk_ctx *ctx)
     mk_tensor *y = ctx->out[0];
     if (mk_numel(y) == 0) return MASKD_OK;
     int axis;
-    normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 1), y->ndim, &axis);
-    int64_t outer = 1, inner = 1;
-    for (int k = 0; k < axis; k++) outer *= y->dims[k];
-    for (int k = axis + 1; k < y->ndim; k++) inner *= y->dims[k];
+    mk_normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 1), y->ndim, &axis);
+    int64_t outer = mk_dims_product(y->dims, 0, axis);
+    int64_t inner = mk_dims_product(y->dims, axis + 1, y->ndim);
     size_t es = maskd_dtype_size(y->dtype);
     concat_job j = {.ctx = ctx, .inner_bytes = (size_t)inner * es,
                     .row_bytes = (size_t)(y->dims[axis] * inner) * es, .axis = axis};
-    mk_parallel_for(ctx->pool, outer, row_grain(y->dims[axis] * inner, es), concat_rows, &j);
+    mk_parallel_for(ctx->pool, outer, mk_row_grain(y->dims[axis] * inner, es), concat_rows, &j);
     return MASKD_OK;
 }
 
@@ -281,26 +191,22 @@ static int64_t split_size(const split_plan *p, int i)
 static int split_make(mk_ctx *ctx, split_plan *p)
 {
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     int rc;
-    if ((rc = check_data_input(ctx, x, 0))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x))) return rc;
     if (x->ndim == 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Split: node '%s': input is a scalar",
-                       name_of(ctx));
-    if ((rc = normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 0), x->ndim, &p->axis)))
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "input is a scalar");
+    if ((rc = mk_normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 0), x->ndim, &p->axis)))
         return rc;
     p->dim = x->dims[p->axis];
     int n = ctx->n_out;
     if (n < 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Split: node '%s': no outputs",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "no outputs");
     if (ctx->node->opset >= 13) {
-        const mk_tensor *s = input(ctx, 1);
+        const mk_tensor *s = mk_input(ctx, 1);
         if (s) {
-            if (s->ndim != 1 || mk_numel(s) != n || !is_int_type(s->dtype))
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "Split: node '%s': 'split' must be %d integers", name_of(ctx),
-                               n);
+            if (s->ndim != 1 || mk_numel(s) != n || !mk_is_int_dtype(s->dtype))
+                return mk_op_fail(ctx, MASKD_ERR_INVALID, "'split' must be %d integers", n);
             if (!s->data) return MK_DYNAMIC;
             p->sizes_input = s;
         }
@@ -308,9 +214,8 @@ static int split_make(mk_ctx *ctx, split_plan *p)
         const mk_attr *a = mk_attr_find(ctx->node, "split");
         if (a && a->type == MK_ATTR_INTS) {
             if (a->n != n)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "Split: node '%s': 'split' has %d values for %d outputs",
-                               name_of(ctx), a->n, n);
+                return mk_op_fail(ctx, MASKD_ERR_INVALID, "'split' has %d values for %d outputs",
+                                  a->n, n);
             p->sizes_attr = a;
         }
     }
@@ -319,18 +224,16 @@ static int split_make(mk_ctx *ctx, split_plan *p)
         if (ctx->node->opset >= 18 && mk_attr_find(ctx->node, "num_outputs")) {
             parts = mk_attr_int(ctx->node, "num_outputs", n);
             if (parts != n)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "Split: node '%s': num_outputs = %lld but the node has %d "
-                               "outputs",
-                               name_of(ctx), (long long)parts, n);
+                return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                                  "num_outputs = %lld but the node has %d outputs",
+                                  (long long)parts, n);
             /* Opset 18: uneven splits make the last part smaller. */
             p->equal = (p->dim + parts - 1) / parts;
         } else {
             if (p->dim % parts)
-                return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                               "Split: node '%s': axis size %lld does not split into %lld "
-                               "equal parts",
-                               name_of(ctx), (long long)p->dim, (long long)parts);
+                return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                                  "axis size %lld does not split into %lld equal parts",
+                                  (long long)p->dim, (long long)parts);
             p->equal = p->dim / parts;
         }
     }
@@ -338,14 +241,12 @@ static int split_make(mk_ctx *ctx, split_plan *p)
     for (int i = 0; i < n; i++) {
         int64_t s = split_size(p, i);
         if (s < 0)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Split: node '%s': negative part %lld",
-                           name_of(ctx), (long long)s);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "negative part %lld", (long long)s);
         sum += s;
     }
     if (sum != p->dim)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "Split: node '%s': parts sum to %lld but the axis has %lld",
-                       name_of(ctx), (long long)sum, (long long)p->dim);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "parts sum to %lld but the axis has %lld",
+                          (long long)sum, (long long)p->dim);
     return MASKD_OK;
 }
 
@@ -373,9 +274,8 @@ static int split_run(mk_ctx *ctx)
     if (rc) return rc;
     const mk_tensor *x = ctx->in[0];
     size_t es = maskd_dtype_size(x->dtype);
-    int64_t outer = 1, inner = 1;
-    for (int k = 0; k < p.axis; k++) outer *= x->dims[k];
-    for (int k = p.axis + 1; k < x->ndim; k++) inner *= x->dims[k];
+    int64_t outer = mk_dims_product(x->dims, 0, p.axis);
+    int64_t inner = mk_dims_product(x->dims, p.axis + 1, x->ndim);
     const unsigned char *src = x->data;
     size_t in_row = (size_t)(p.dim * inner) * es;
     int64_t offset = 0;
@@ -402,17 +302,17 @@ static int slice_list(mk_ctx *ctx, int index, const char *attr, int64_t *vals, i
 {
     *n = -1;
     if (ctx->node->opset < 10) return read_int_attr(ctx, attr, vals, MASKD_MAX_DIMS, n);
-    const mk_tensor *t = input(ctx, index);
+    const mk_tensor *t = mk_input(ctx, index);
     if (!t) return MASKD_OK;
-    return read_int_list(ctx, t, attr, vals, MASKD_MAX_DIMS, n);
+    return mk_read_int_list(ctx, t, attr, vals, MASKD_MAX_DIMS, n);
 }
 
 static int slice_make(mk_ctx *ctx, slice_plan *p)
 {
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     int rc;
-    if ((rc = check_data_input(ctx, x, 0))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x))) return rc;
     int rank = x->ndim;
     int64_t starts[MASKD_MAX_DIMS], ends[MASKD_MAX_DIMS], axes[MASKD_MAX_DIMS],
         steps[MASKD_MAX_DIMS];
@@ -424,27 +324,21 @@ static int slice_make(mk_ctx *ctx, slice_plan *p)
     nst = -1;
     if (ctx->node->opset >= 10 && (rc = slice_list(ctx, 4, "steps", steps, &nst))) return rc;
     if (ns < 0 || ne < 0 || ns != ne || (na >= 0 && na != ns) || (nst >= 0 && nst != ns))
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Slice: node '%s': starts, ends, axes and steps must have the same "
-                       "length",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                          "starts, ends, axes and steps must have the same length");
     for (int k = 0; k < rank; k++) {
         p->start[k] = 0;
         p->step[k] = 1;
         p->count[k] = x->dims[k];
     }
-    bool seen[MASKD_MAX_DIMS] = {false};
+    if (na < 0)
+        for (int i = 0; i < ns; i++) axes[i] = i;
+    if ((rc = mk_normalize_axes(ctx, axes, ns, rank))) return rc;
     for (int i = 0; i < ns; i++) {
-        int axis;
-        if ((rc = normalize_axis(ctx, na >= 0 ? axes[i] : i, rank, &axis))) return rc;
-        if (seen[axis])
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Slice: node '%s': axis %d repeats",
-                           name_of(ctx), axis);
-        seen[axis] = true;
+        int axis = (int)axes[i];
         int64_t step = nst >= 0 ? steps[i] : 1;
         if (step == 0)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Slice: node '%s': step is 0",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "step is 0");
         /* Beyond ±dim all steps behave alike; this also keeps -step finite. */
         if (step < -INT64_MAX) step = -INT64_MAX;
         int64_t d = x->dims[axis], s = starts[i], e = ends[i], count;
@@ -474,7 +368,7 @@ static int slice_infer(mk_ctx *ctx)
     slice_plan p;
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y)) || (rc = slice_make(ctx, &p))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = slice_make(ctx, &p))) return rc;
     const mk_tensor *x = ctx->in[0];
     y->dtype = x->dtype;
     y->ndim = x->ndim;
@@ -515,23 +409,16 @@ static int slice_run(mk_ctx *ctx)
     if (rc) return rc;
     const mk_tensor *x = ctx->in[0];
     mk_tensor *y = ctx->out[0];
-    size_t es = maskd_dtype_size(x->dtype);
-    if (mk_numel(y) == 0) return MASKD_OK;
-    if (x->ndim == 0) {
-        memcpy(y->data, x->data, es);
-        return MASKD_OK;
-    }
     int64_t stride[MASKD_MAX_DIMS];
     contiguous_strides(x, stride);
-    slice_job j = {.rank = x->ndim, .count = y->dims, .es = es, .src = x->data,
-                   .dst = y->data};
+    slice_job j = {.rank = x->ndim, .count = y->dims, .es = maskd_dtype_size(x->dtype),
+                   .src = x->data, .dst = y->data};
     for (int k = 0; k < x->ndim; k++) {
         /* With one element taken the step is never applied; it may be huge. */
         j.step[k] = p.count[k] > 1 ? p.step[k] * stride[k] : 0;
         j.base += p.start[k] * stride[k];
     }
-    int64_t len = y->dims[x->ndim - 1];
-    mk_parallel_for(ctx->pool, mk_numel(y) / len, row_grain(len, es), slice_rows, &j);
+    run_rows(ctx, x, y, slice_rows, &j);
     return MASKD_OK;
 }
 
@@ -540,22 +427,31 @@ static int slice_run(mk_ctx *ctx)
 static int gather_axis(mk_ctx *ctx, const mk_tensor *x, int *axis)
 {
     if (x->ndim == 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': data is a scalar",
-                       ctx->node->op_type, name_of(ctx));
-    return normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 0), x->ndim, axis);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "data is a scalar");
+    return mk_normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 0), x->ndim, axis);
 }
 
 static int check_indices(mk_ctx *ctx, const mk_tensor *idx)
 {
     if (!idx)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing indices",
-                       ctx->node->op_type, name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing indices");
     if (idx->ndim < 0) return MK_DYNAMIC;
     if (idx->dtype != MASKD_INT64 && idx->dtype != MASKD_INT32)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': indices must be int32 or int64, got %s",
-                       ctx->node->op_type, name_of(ctx), maskd_dtype_name(idx->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "indices must be int32 or int64, got %s",
+                          maskd_dtype_name(idx->dtype));
     return MASKD_OK;
+}
+
+/* Data, indices, output and axis of Gather and GatherElements. */
+static int gather_start(mk_ctx *ctx, const mk_tensor **x, const mk_tensor **idx, mk_tensor **y,
+                        int *axis)
+{
+    int rc;
+    *idx = mk_input(ctx, 1);
+    if ((rc = mk_need_data_input(ctx, 0, x)) || (rc = check_indices(ctx, *idx)) ||
+        (rc = mk_need_output(ctx, 0, y)))
+        return rc;
+    return gather_axis(ctx, *x, axis);
 }
 
 /* Every index must lie in [-dim, dim); checked before the parallel copy
@@ -566,26 +462,23 @@ static int check_index_range(mk_ctx *ctx, const mk_tensor *idx, int64_t dim)
     for (int64_t i = 0; i < n; i++) {
         int64_t v = mk_get_i64(idx, i);
         if (v < -dim || v >= dim)
-            return mk_fail(ctx->err, MASKD_ERR_RUNTIME,
-                           "%s: node '%s': index %lld is out of range for an axis of size %lld",
-                           ctx->node->op_type, name_of(ctx), (long long)v, (long long)dim);
+            return mk_op_fail(ctx, MASKD_ERR_RUNTIME,
+                              "index %lld is out of range for an axis of size %lld", (long long)v,
+                              (long long)dim);
     }
     return MASKD_OK;
 }
 
 static int gather_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0), *idx = input(ctx, 1);
+    const mk_tensor *x, *idx;
     mk_tensor *y;
-    int rc, axis;
-    if ((rc = check_data_input(ctx, x, 0)) || (rc = check_indices(ctx, idx)) ||
-        (rc = need_output(ctx, 0, &y)) || (rc = gather_axis(ctx, x, &axis)))
-        return rc;
+    int axis, rc = gather_start(ctx, &x, &idx, &y, &axis);
+    if (rc) return rc;
     int rank = x->ndim - 1 + idx->ndim;
     if (rank > MASKD_MAX_DIMS)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "Gather: node '%s': result has rank %d (at most %d)", name_of(ctx), rank,
-                       MASKD_MAX_DIMS);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "result has rank %d (at most %d)", rank,
+                          MASKD_MAX_DIMS);
     int64_t dims[MASKD_MAX_DIMS];
     int r = 0;
     for (int k = 0; k < axis; k++) dims[r++] = x->dims[k];
@@ -628,15 +521,14 @@ static int gather_run(mk_ctx *ctx)
     int axis, rc;
     if ((rc = gather_axis(ctx, x, &axis))) return rc;
     if ((rc = check_index_range(ctx, idx, x->dims[axis]))) return rc;
-    int64_t outer = 1, inner = 1;
-    for (int k = 0; k < axis; k++) outer *= x->dims[k];
-    for (int k = axis + 1; k < x->ndim; k++) inner *= x->dims[k];
+    int64_t outer = mk_dims_product(x->dims, 0, axis);
+    int64_t inner = mk_dims_product(x->dims, axis + 1, x->ndim);
     size_t es = maskd_dtype_size(x->dtype);
     gather_job j = {.idx = idx, .n_idx = mk_numel(idx), .dim = x->dims[axis],
                     .inner_bytes = (size_t)inner * es, .src = x->data,
                     .dst = ctx->out[0]->data};
     if (j.n_idx == 0 || j.inner_bytes == 0) return MASKD_OK;
-    mk_parallel_for(ctx->pool, outer * j.n_idx, row_grain(inner, es), gather_rows, &j);
+    mk_parallel_for(ctx->pool, outer * j.n_idx, mk_row_grain(inner, es), gather_rows, &j);
     return MASKD_OK;
 }
 
@@ -644,19 +536,16 @@ static int gather_run(mk_ctx *ctx)
 
 static int gather_elements_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0), *idx = input(ctx, 1);
+    const mk_tensor *x, *idx;
     mk_tensor *y;
-    int rc, axis;
-    if ((rc = check_data_input(ctx, x, 0)) || (rc = check_indices(ctx, idx)) ||
-        (rc = need_output(ctx, 0, &y)) || (rc = gather_axis(ctx, x, &axis)))
-        return rc;
+    int axis, rc = gather_start(ctx, &x, &idx, &y, &axis);
+    if (rc) return rc;
     bool ok = idx->ndim == x->ndim;
     for (int k = 0; ok && k < x->ndim; k++) ok = k == axis || idx->dims[k] <= x->dims[k];
     if (!ok) {
         char a[128], b[128];
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "GatherElements: node '%s': indices %s do not fit data %s", name_of(ctx),
-                       mk_shape_str(idx, a, sizeof a), mk_shape_str(x, b, sizeof b));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "indices %s do not fit data %s",
+                          mk_shape_str(idx, a, sizeof a), mk_shape_str(x, b, sizeof b));
     }
     y->dtype = x->dtype;
     y->ndim = idx->ndim;
@@ -713,7 +602,7 @@ static int gather_elements_run(mk_ctx *ctx)
                              .dst = ctx->out[0]->data};
     contiguous_strides(x, j.stride);
     int64_t len = idx->dims[x->ndim - 1];
-    mk_parallel_for(ctx->pool, total / len, row_grain(len, 16), gather_elements_rows, &j);
+    mk_parallel_for(ctx->pool, total / len, mk_row_grain(len, 16), gather_elements_rows, &j);
     return MASKD_OK;
 }
 
@@ -729,15 +618,12 @@ static int transpose_perm(mk_ctx *ctx, int rank, int *perm)
         return MASKD_OK;
     }
     if (n != rank)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Transpose: node '%s': perm has %d entries for rank %d", name_of(ctx), n,
-                       rank);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "perm has %d entries for rank %d", n, rank);
     bool seen[MASKD_MAX_DIMS] = {false};
     for (int i = 0; i < n; i++) {
         if (p[i] < 0 || p[i] >= rank || seen[p[i]])
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "Transpose: node '%s': perm is not a permutation of 0..%d",
-                           name_of(ctx), rank - 1);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "perm is not a permutation of 0..%d",
+                              rank - 1);
         seen[p[i]] = true;
         perm[i] = (int)p[i];
     }
@@ -756,10 +642,10 @@ static int transpose_prepare(mk_ctx *ctx)
 
 static int transpose_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
     int rc, perm[MASKD_MAX_DIMS];
-    if ((rc = check_data_input(ctx, x, 0)) || (rc = need_output(ctx, 0, &y)) ||
+    if ((rc = mk_need_data_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y)) ||
         (rc = transpose_perm(ctx, x->ndim, perm)))
         return rc;
     y->dtype = x->dtype;
@@ -886,7 +772,7 @@ static int transpose_run(mk_ctx *ctx)
         /* The last axis stays innermost: whole rows copy at once. */
         slice_job j = {.rank = m, .count = gsize, .es = es, .src = x->data, .dst = y->data};
         memcpy(j.step, gstride, (size_t)m * sizeof gstride[0]);
-        mk_parallel_for(ctx->pool, total / gsize[m - 1], row_grain(gsize[m - 1], es),
+        mk_parallel_for(ctx->pool, total / gsize[m - 1], mk_row_grain(gsize[m - 1], es),
                         slice_rows, &j);
         return MASKD_OK;
     }
@@ -933,15 +819,14 @@ static int pad_value(mk_ctx *ctx, maskd_dtype dt, const mk_tensor *v, double f,
         memcpy(out, v->data, maskd_dtype_size(dt));
         return MASKD_OK;
     }
-    bool have_int = v && is_int_type(v->dtype);
+    bool have_int = v && mk_is_int_dtype(v->dtype);
     int64_t i = have_int ? mk_get_i64(v, 0) : 0;
     if (v && !have_int) f = mk_get_f64(v, 0);
     if (!have_int) {
-        if (!(f >= -9.2e18 && f <= 9.2e18) && is_int_type(dt))
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "Pad: node '%s': pad value does not fit %s", name_of(ctx),
-                           maskd_dtype_name(dt));
-        i = is_int_type(dt) || dt == MASKD_BOOL ? (int64_t)f : 0;
+        if (!(f >= -9.2e18 && f <= 9.2e18) && mk_is_int_dtype(dt))
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "pad value does not fit %s",
+                              maskd_dtype_name(dt));
+        i = mk_is_int_dtype(dt) || dt == MASKD_BOOL ? (int64_t)f : 0;
     } else {
         f = (double)i;
     }
@@ -955,9 +840,8 @@ static int pad_value(mk_ctx *ctx, maskd_dtype dt, const mk_tensor *v, double f,
     case MASKD_INT8: case MASKD_UINT8: out[0] = (uint8_t)i; break;
     default:
         if (f != 0)
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "Pad: node '%s': a non-zero pad value for %s is not supported",
-                           name_of(ctx), maskd_dtype_name(dt));
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                              "a non-zero pad value for %s is not supported", maskd_dtype_name(dt));
     }
     return MASKD_OK;
 }
@@ -970,8 +854,7 @@ static int pad_mode(mk_ctx *ctx, int *mode)
     else if (!strcmp(name, "edge")) *mode = PAD_EDGE;
     else if (!strcmp(name, "wrap")) *mode = PAD_WRAP;
     else
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED, "Pad: node '%s': unknown mode '%s'",
-                       name_of(ctx), name);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "unknown mode '%s'", name);
     return MASKD_OK;
 }
 
@@ -984,9 +867,9 @@ static int pad_prepare(mk_ctx *ctx)
 static int pad_make(mk_ctx *ctx, pad_plan *p)
 {
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     int rc;
-    if ((rc = check_data_input(ctx, x, 0))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x))) return rc;
     int rank = x->ndim;
 
     if ((rc = pad_mode(ctx, &p->mode))) return rc;
@@ -1001,48 +884,37 @@ static int pad_make(mk_ctx *ctx, pad_plan *p)
         if ((rc = read_int_attr(ctx, name, pads, 2 * MASKD_MAX_DIMS, &n))) return rc;
         fvalue = mk_attr_float(ctx->node, "value", 0.0f);
     } else {
-        const mk_tensor *t = input(ctx, 1);
-        if (t && (rc = read_int_list(ctx, t, "pads", pads, 2 * MASKD_MAX_DIMS, &n))) return rc;
-        const mk_tensor *v = input(ctx, 2);
+        const mk_tensor *t = mk_input(ctx, 1);
+        if (t && (rc = mk_read_int_list(ctx, t, "pads", pads, 2 * MASKD_MAX_DIMS, &n))) return rc;
+        const mk_tensor *v = mk_input(ctx, 2);
         if (v) {
             if (!v->data) return MK_DYNAMIC;
             if (mk_numel(v) > 0) value = v;
         }
-        const mk_tensor *a = input(ctx, 3);
-        if (a && (rc = read_int_list(ctx, a, "axes", axes, MASKD_MAX_DIMS, &n_axes))) return rc;
+        const mk_tensor *a = mk_input(ctx, 3);
+        if (a && (rc = mk_read_int_list(ctx, a, "axes", axes, MASKD_MAX_DIMS, &n_axes))) return rc;
     }
     if (n < 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Pad: node '%s': missing pads",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing pads");
     if (n_axes < 0) {
         n_axes = rank;
         for (int i = 0; i < rank; i++) axes[i] = i;
     }
     if (n != 2 * n_axes)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Pad: node '%s': %d pads for %d axes (need twice as many)", name_of(ctx),
-                       n, n_axes);
-    bool seen[MASKD_MAX_DIMS] = {false};
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "%d pads for %d axes (need twice as many)", n,
+                          n_axes);
+    if ((rc = mk_normalize_axes(ctx, axes, n_axes, rank))) return rc;
     for (int i = 0; i < n_axes; i++) {
-        int axis;
-        if ((rc = normalize_axis(ctx, axes[i], rank, &axis))) return rc;
-        if (seen[axis])
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Pad: node '%s': axis %d repeats",
-                           name_of(ctx), axis);
-        seen[axis] = true;
-        p->before[axis] = pads[i];
-        p->after[axis] = pads[i + n_axes];
+        p->before[axes[i]] = pads[i];
+        p->after[axes[i]] = pads[i + n_axes];
     }
     for (int k = 0; k < rank; k++) {
         int64_t d = x->dims[k], out = d + p->before[k] + p->after[k];
         if (out < 0)
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Pad: node '%s': pads crop axis %d (size %lld) below zero",
-                           name_of(ctx), k, (long long)d);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "pads crop axis %d (size %lld) below zero", k,
+                              (long long)d);
         if (d == 0 && out > 0 && p->mode != PAD_CONSTANT)
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Pad: node '%s': cannot %s-pad the empty axis %d", name_of(ctx),
-                           mode, k);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "cannot %s-pad the empty axis %d", mode, k);
     }
     return pad_value(ctx, x->dtype, value, fvalue, p->value);
 }
@@ -1052,7 +924,7 @@ static int pad_infer(mk_ctx *ctx)
     pad_plan p;
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y)) || (rc = pad_make(ctx, &p))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = pad_make(ctx, &p))) return rc;
     const mk_tensor *x = ctx->in[0];
     y->dtype = x->dtype;
     y->ndim = x->ndim;
@@ -1081,20 +953,32 @@ static int64_t pad_source(int64_t c, int64_t d, int mode)
     }
 }
 
-typedef struct pad_job {
-    const pad_plan *p;
+/* What the row walkers of Pad and Tile read. */
+typedef struct grow_job {
     int rank;
     const int64_t *idims, *odims;
     int64_t istride[MASKD_MAX_DIMS];
     size_t es;
     const unsigned char *src;
     unsigned char *dst;
-} pad_job;
+    const pad_plan *p; /* Pad only */
+} grow_job;
+
+/* Runs fn, a walker of y's rows, for Pad (with plan p) or Tile (p NULL). */
+static void grow_run(mk_ctx *ctx, mk_range_fn fn, const pad_plan *p)
+{
+    const mk_tensor *x = ctx->in[0];
+    mk_tensor *y = ctx->out[0];
+    grow_job j = {.rank = x->ndim, .idims = x->dims, .odims = y->dims,
+                  .es = maskd_dtype_size(x->dtype), .src = x->data, .dst = y->data, .p = p};
+    contiguous_strides(x, j.istride);
+    run_rows(ctx, x, y, fn, &j);
+}
 
 static void pad_rows(void *arg, int64_t begin, int64_t end, int slot)
 {
     (void)slot;
-    const pad_job *j = arg;
+    const grow_job *j = arg;
     const pad_plan *p = j->p;
     int last = j->rank - 1;
     size_t es = j->es;
@@ -1114,7 +998,7 @@ static void pad_rows(void *arg, int64_t begin, int64_t end, int slot)
             off += s * j->istride[k];
         }
         if (blank) {
-            fill_elements(drow, p->value, es, len);
+            mk_fill_elements(drow, p->value, es, len);
         } else {
             const unsigned char *srow = j->src + (size_t)off * es;
             for (int64_t c = 0; c < len; c++) {
@@ -1137,20 +1021,7 @@ static int pad_run(mk_ctx *ctx)
     pad_plan p;
     int rc = pad_make(ctx, &p);
     if (rc) return rc;
-    const mk_tensor *x = ctx->in[0];
-    mk_tensor *y = ctx->out[0];
-    size_t es = maskd_dtype_size(x->dtype);
-    int64_t total = mk_numel(y);
-    if (total == 0) return MASKD_OK;
-    if (x->ndim == 0) {
-        memcpy(y->data, x->data, es);
-        return MASKD_OK;
-    }
-    pad_job j = {.p = &p, .rank = x->ndim, .idims = x->dims, .odims = y->dims, .es = es,
-                 .src = x->data, .dst = y->data};
-    contiguous_strides(x, j.istride);
-    int64_t len = y->dims[x->ndim - 1];
-    mk_parallel_for(ctx->pool, total / len, row_grain(len, es), pad_rows, &j);
+    grow_run(ctx, pad_rows, &p);
     return MASKD_OK;
 }
 
@@ -1158,20 +1029,17 @@ static int pad_run(mk_ctx *ctx)
 
 static int tile_repeats(mk_ctx *ctx, int64_t *rep)
 {
-    const mk_tensor *x = input(ctx, 0), *r = input(ctx, 1);
+    const mk_tensor *x, *r = mk_input(ctx, 1);
     int rc, n = 0;
-    if ((rc = check_data_input(ctx, x, 0))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x))) return rc;
     if (!r)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Tile: node '%s': missing repeats",
-                       name_of(ctx));
-    if ((rc = read_int_list(ctx, r, "repeats", rep, MASKD_MAX_DIMS, &n))) return rc;
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing repeats");
+    if ((rc = mk_read_int_list(ctx, r, "repeats", rep, MASKD_MAX_DIMS, &n))) return rc;
     if (n != x->ndim)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Tile: node '%s': %d repeats for rank %d", name_of(ctx), n, x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "%d repeats for rank %d", n, x->ndim);
     for (int k = 0; k < n; k++)
         if (rep[k] < 0)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Tile: node '%s': negative repeat %lld",
-                           name_of(ctx), (long long)rep[k]);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "negative repeat %lld", (long long)rep[k]);
     return MASKD_OK;
 }
 
@@ -1180,7 +1048,7 @@ static int tile_infer(mk_ctx *ctx)
     int64_t rep[MASKD_MAX_DIMS];
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y)) || (rc = tile_repeats(ctx, rep))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = tile_repeats(ctx, rep))) return rc;
     const mk_tensor *x = ctx->in[0];
     y->dtype = x->dtype;
     y->ndim = x->ndim;
@@ -1188,19 +1056,10 @@ static int tile_infer(mk_ctx *ctx)
     return MASKD_OK;
 }
 
-typedef struct tile_job {
-    int rank;
-    const int64_t *idims, *odims;
-    int64_t istride[MASKD_MAX_DIMS];
-    size_t es;
-    const unsigned char *src;
-    unsigned char *dst;
-} tile_job;
-
 static void tile_rows(void *arg, int64_t begin, int64_t end, int slot)
 {
     (void)slot;
-    const tile_job *j = arg;
+    const grow_job *j = arg;
     int last = j->rank - 1;
     int64_t len = j->odims[last], piece = j->idims[last], coord[MASKD_MAX_DIMS];
     size_t piece_bytes = (size_t)piece * j->es;
@@ -1217,20 +1076,7 @@ static void tile_rows(void *arg, int64_t begin, int64_t end, int slot)
 
 static int tile_run(mk_ctx *ctx)
 {
-    const mk_tensor *x = ctx->in[0];
-    mk_tensor *y = ctx->out[0];
-    size_t es = maskd_dtype_size(x->dtype);
-    int64_t total = mk_numel(y);
-    if (total == 0) return MASKD_OK;
-    if (x->ndim == 0) {
-        memcpy(y->data, x->data, es);
-        return MASKD_OK;
-    }
-    tile_job j = {.rank = x->ndim, .idims = x->dims, .odims = y->dims, .es = es,
-                  .src = x->data, .dst = y->data};
-    contiguous_strides(x, j.istride);
-    int64_t len = y->dims[x->ndim - 1];
-    mk_parallel_for(ctx->pool, total / len, row_grain(len, es), tile_rows, &j);
+    grow_run(ctx, tile_rows, NULL);
     return MASKD_OK;
 }
 

@@ -24,7 +24,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 /* Elements per parallel chunk. */
 enum { GRAIN = 16384 };
@@ -32,13 +32,6 @@ enum { GRAIN = 16384 };
 static int64_t plane_grain(int64_t plane_size)
 {
     return plane_size >= GRAIN ? 1 : GRAIN / (plane_size > 0 ? plane_size : 1);
-}
-
-static int64_t prod(const int64_t *dims, int from, int to)
-{
-    int64_t p = 1;
-    for (int i = from; i < to; i++) p *= dims[i];
-    return p;
 }
 
 /* Independent accumulators: they vectorize, where a single running double
@@ -93,25 +86,22 @@ static void affine(const float *x, float *y, int64_t n, float mean, float a, flo
 static int need_inputs(mk_ctx *ctx, int required, int max)
 {
     if (ctx->n_in < required || ctx->n_in > max || ctx->n_out < 1 || !ctx->out[0])
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': takes %d to %d inputs and an output, has %d inputs",
-                       ctx->node->op_type, ctx->node->name, required, max, ctx->n_in);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                          "takes %d to %d inputs and an output, has %d inputs", required, max,
+                          ctx->n_in);
     for (int i = 0; i < ctx->n_in; i++) {
         const mk_tensor *t = ctx->in[i];
         if (!t) {
             if (i < required)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': input %d is missing",
-                               ctx->node->op_type, ctx->node->name, i);
+                return mk_op_fail(ctx, MASKD_ERR_INVALID, "input %d is missing", i);
             continue;
         }
         if (t->dtype != MASKD_FLOAT)
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "%s: node '%s': input %d is %s; only float is supported",
-                           ctx->node->op_type, ctx->node->name, i, maskd_dtype_name(t->dtype));
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input %d is %s; only float is supported",
+                              i, maskd_dtype_name(t->dtype));
         if (t->ndim < 0 || t->ndim > MASKD_MAX_DIMS)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "%s: node '%s': input %d has unknown or too high rank %d",
-                           ctx->node->op_type, ctx->node->name, i, t->ndim);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "input %d has unknown or too high rank %d", i,
+                              t->ndim);
     }
     return MASKD_OK;
 }
@@ -121,11 +111,10 @@ static int need_inputs(mk_ctx *ctx, int required, int max)
 static int prepare_float_inputs(mk_ctx *ctx)
 {
     for (int i = 0; i < ctx->n_in; i++) {
-        const mk_tensor *t = ctx->in[i];
-        if (t && t->dtype != MASKD_UNDEFINED && t->dtype != MASKD_FLOAT)
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "%s: node '%s': input %d is %s; only float is supported",
-                           ctx->node->op_type, ctx->node->name, i, maskd_dtype_name(t->dtype));
+        maskd_dtype t = mk_known_dtype(ctx, i);
+        if (t != MASKD_UNDEFINED && t != MASKD_FLOAT)
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input %d is %s; only float is supported",
+                              i, maskd_dtype_name(t));
     }
     return MASKD_OK;
 }
@@ -134,10 +123,8 @@ static int check_param_count(mk_ctx *ctx, int i, const char *what, int64_t want)
 {
     if (mk_numel(ctx->in[i]) != want) {
         char buf[96];
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "%s: node '%s': %s has shape %s, expected %lld elements",
-                       ctx->node->op_type, ctx->node->name, what,
-                       mk_shape_str(ctx->in[i], buf, sizeof buf), (long long)want);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%s has shape %s, expected %lld elements", what,
+                          mk_shape_str(ctx->in[i], buf, sizeof buf), (long long)want);
     }
     return MASKD_OK;
 }
@@ -146,10 +133,8 @@ static int check_min_rank(mk_ctx *ctx, int min_rank)
 {
     if (ctx->in[0]->ndim < min_rank) {
         char buf[96];
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "%s: node '%s': input %s needs rank >= %d",
-                       ctx->node->op_type, ctx->node->name,
-                       mk_shape_str(ctx->in[0], buf, sizeof buf), min_rank);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input %s needs rank >= %d",
+                          mk_shape_str(ctx->in[0], buf, sizeof buf), min_rank);
     }
     return MASKD_OK;
 }
@@ -160,9 +145,7 @@ static int refuse_extra_outputs(mk_ctx *ctx, int first_extra, const char *why)
 {
     for (int i = first_extra; i < ctx->n_out; i++)
         if (ctx->out[i])
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "%s: node '%s': output %d is requested; %s",
-                           ctx->node->op_type, ctx->node->name, i, why);
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "output %d is requested; %s", i, why);
     return MASKD_OK;
 }
 
@@ -188,7 +171,7 @@ static bn_layout bn_layout_of(const mk_ctx *ctx)
     bn_layout l = {x->dims[0], 1, 1};
     if (x->ndim >= 2) {
         l.channels = x->dims[1];
-        l.inner = prod(x->dims, 2, x->ndim);
+        l.inner = mk_dims_product(x->dims, 2, x->ndim);
         if (ctx->node->opset < 9 && mk_attr_int(ctx->node, "spatial", 1) == 0) {
             l.channels *= l.inner;
             l.inner = 1;
@@ -200,10 +183,9 @@ static bn_layout bn_layout_of(const mk_ctx *ctx)
 static int batchnorm_check_mode(mk_ctx *ctx)
 {
     if (ctx->node->opset >= 14 && mk_attr_int(ctx->node, "training_mode", 0) != 0)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "BatchNormalization: node '%s': training_mode=1 is not supported "
-                       "(inference engine; export the model in eval mode)",
-                       ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "training_mode=1 is not supported "
+                          "(inference engine; export the model in eval mode)");
     return refuse_extra_outputs(ctx, 1, "running/saved statistics are training-only");
 }
 
@@ -298,7 +280,7 @@ static int instancenorm_run(mk_ctx *ctx)
     const mk_tensor *x = ctx->in[0];
     in_job j = {.node = ctx->node, .x = x->data, .scale = ctx->in[1]->data,
                 .bias = ctx->in[2]->data, .y = ctx->out[0]->data,
-                .channels = x->dims[1], .inner = prod(x->dims, 2, x->ndim),
+                .channels = x->dims[1], .inner = mk_dims_product(x->dims, 2, x->ndim),
                 .eps = mk_attr_float(ctx->node, "epsilon", 1e-5f)};
     mk_parallel_for(ctx->pool, x->dims[0] * j.channels, plane_grain(j.inner),
                     instancenorm_range, &j);
@@ -317,13 +299,9 @@ static int groupnorm_check_attrs(mk_ctx *ctx)
 {
     const mk_node *node = ctx->node;
     if (mk_attr_int(node, "num_groups", 0) <= 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "GroupNormalization: node '%s': num_groups must be given and positive",
-                       node->name);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "num_groups must be given and positive");
     if (node->opset >= 21 && mk_attr_int(node, "stash_type", 1) != 1)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "GroupNormalization: node '%s': only stash_type=1 (float) is supported",
-                       node->name);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "only stash_type=1 (float) is supported");
     return MASKD_OK;
 }
 
@@ -343,10 +321,9 @@ static int groupnorm_infer(mk_ctx *ctx)
     int64_t groups = mk_attr_int(node, "num_groups", 0);
     int64_t c = ctx->in[0]->dims[1];
     if (c % groups != 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "GroupNormalization: node '%s': %lld channels do not split into "
-                       "num_groups=%lld groups",
-                       node->name, (long long)c, (long long)groups);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                          "%lld channels do not split into num_groups=%lld groups", (long long)c,
+                          (long long)groups);
     /* Opset 18-20 scale/bias are per group, or per channel by the leniency
      * described at the top of the file. */
     int64_t want = c;
@@ -392,7 +369,7 @@ static int groupnorm_run(mk_ctx *ctx)
     gn_job j = {.node = ctx->node, .x = x->data, .scale = ctx->in[1]->data,
                 .bias = ctx->in[2]->data, .y = ctx->out[0]->data, .groups = groups,
                 .channels_per_group = x->dims[1] / groups,
-                .inner = prod(x->dims, 2, x->ndim),
+                .inner = mk_dims_product(x->dims, 2, x->ndim),
                 .per_channel = groupnorm_per_channel(ctx),
                 .eps = mk_attr_float(ctx->node, "epsilon", 1e-5f)};
     mk_parallel_for(ctx->pool, x->dims[0] * groups,
@@ -419,13 +396,9 @@ static ln_layout ln_layout_of(const mk_ctx *ctx)
     const mk_tensor *x = ctx->in[0];
     int64_t axis = mk_attr_int(ctx->node, "axis", -1);
     if (axis < 0) axis += x->ndim;
-    ln_layout l = {(int)axis, prod(x->dims, 0, (int)axis), prod(x->dims, (int)axis, x->ndim)};
+    ln_layout l = {(int)axis, mk_dims_product(x->dims, 0, (int)axis),
+                   mk_dims_product(x->dims, (int)axis, x->ndim)};
     return l;
-}
-
-static bool ln_param_present(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in && ctx->in[i] != NULL;
 }
 
 /* Whether p, right-aligned against X, already is X[axis:] element for
@@ -455,21 +428,16 @@ static int ln_check_param(mk_ctx *ctx, int i, const char *what, int axis)
     mk_shape_str(p, sp, sizeof sp);
     mk_shape_str(x, sx, sizeof sx);
     if (!broadcasts)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "LayerNormalization: node '%s': %s %s does not broadcast to X %s",
-                       ctx->node->name, what, sp, sx);
-    return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                   "LayerNormalization: node '%s': %s %s varies outside the normalized axes "
-                   "of X %s (axis %d)",
-                   ctx->node->name, what, sp, sx, axis);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%s %s does not broadcast to X %s", what, sp, sx);
+    return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                      "%s %s varies outside the normalized axes of X %s (axis %d)", what, sp, sx,
+                      axis);
 }
 
 static int layernorm_check_stash(mk_ctx *ctx)
 {
     if (mk_attr_int(ctx->node, "stash_type", 1) != 1)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "LayerNormalization: node '%s': only stash_type=1 (float) is supported",
-                       ctx->node->name);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "only stash_type=1 (float) is supported");
     return MASKD_OK;
 }
 
@@ -487,17 +455,16 @@ static int layernorm_infer(mk_ctx *ctx)
     const mk_tensor *x = ctx->in[0];
     int64_t axis = mk_attr_int(node, "axis", -1);
     if (axis < -x->ndim || axis > x->ndim)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "LayerNormalization: node '%s': axis %lld is out of range for rank %d",
-                       node->name, (long long)axis, x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "axis %lld is out of range for rank %d",
+                          (long long)axis, x->ndim);
     ln_layout l = ln_layout_of(ctx);
     if ((rc = ln_check_param(ctx, 1, "Scale", l.axis))) return rc;
-    if (ln_param_present(ctx, 2) && (rc = ln_check_param(ctx, 2, "B", l.axis))) return rc;
+    if (mk_input(ctx, 2) && (rc = ln_check_param(ctx, 2, "B", l.axis))) return rc;
 
     copy_shape(ctx->out[0], x);
     /* Mean and InvStdDev keep X's rank with the normalized axes as 1. */
-    for (int i = 1; i < 3 && i < ctx->n_out; i++) {
-        mk_tensor *s = ctx->out[i];
+    for (int i = 1; i < 3; i++) {
+        mk_tensor *s = mk_output(ctx, i);
         if (!s) continue;
         copy_shape(s, x);
         s->dtype = MASKD_FLOAT;
@@ -505,7 +472,7 @@ static int layernorm_infer(mk_ctx *ctx)
     }
     size_t scratch = 0;
     if (!ln_param_dense(ctx->in[1], x, l.axis)) scratch += (size_t)l.row_size;
-    if (ln_param_present(ctx, 2) && !ln_param_dense(ctx->in[2], x, l.axis))
+    if (mk_input(ctx, 2) && !ln_param_dense(ctx->in[2], x, l.axis))
         scratch += (size_t)l.row_size;
     ctx->scratch_bytes = scratch * sizeof(float);
     return MASKD_OK;
@@ -515,7 +482,7 @@ static int layernorm_infer(mk_ctx *ctx)
 static void ln_expand_param(const mk_tensor *p, const mk_tensor *x, int axis, float *dst)
 {
     const float *src = p->data;
-    int64_t row_size = prod(x->dims, axis, x->ndim);
+    int64_t row_size = mk_dims_product(x->dims, axis, x->ndim);
     for (int64_t i = 0; i < row_size; i++) {
         int64_t rest = i, off = 0, stride = 1;
         for (int d = x->ndim - 1; d >= axis; d--) {
@@ -571,7 +538,7 @@ static int layernorm_run(mk_ctx *ctx)
         j.scale = scratch;
         scratch += l.row_size;
     }
-    if (ln_param_present(ctx, 2)) {
+    if (mk_input(ctx, 2)) {
         const mk_tensor *bias = ctx->in[2];
         if (ln_param_dense(bias, x, l.axis)) {
             j.bias = bias->data;
@@ -580,8 +547,9 @@ static int layernorm_run(mk_ctx *ctx)
             j.bias = scratch;
         }
     }
-    if (ctx->n_out > 1 && ctx->out[1]) j.mean = ctx->out[1]->data;
-    if (ctx->n_out > 2 && ctx->out[2]) j.inv_std = ctx->out[2]->data;
+    mk_tensor *mean = mk_output(ctx, 1), *inv_std = mk_output(ctx, 2);
+    if (mean) j.mean = mean->data;
+    if (inv_std) j.inv_std = inv_std->data;
     mk_parallel_for(ctx->pool, l.rows, plane_grain(l.row_size), layernorm_range, &j);
     return MASKD_OK;
 }

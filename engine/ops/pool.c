@@ -12,11 +12,10 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 
 enum { MAX_SPATIAL = 3 };
@@ -25,13 +24,6 @@ enum { MAX_SPATIAL = 3 };
 
 typedef enum pool_kind { POOL_MAX, POOL_AVG, POOL_LP } pool_kind;
 
-typedef enum pad_mode {
-    PAD_EXPLICIT,
-    PAD_SAME_UPPER,
-    PAD_SAME_LOWER,
-    PAD_VALID,
-} pad_mode;
-
 typedef struct pool_attrs {
     pool_kind kind;
     int n_spatial;
@@ -39,7 +31,7 @@ typedef struct pool_attrs {
     int64_t strides[MAX_SPATIAL];
     int64_t dilations[MAX_SPATIAL];
     int64_t pads[2 * MAX_SPATIAL]; /* all begins, then all ends */
-    pad_mode pad_mode;
+    mk_auto_pad pad_mode;
     bool ceil_mode;
     bool count_include_pad;
     bool column_major_indices;
@@ -53,20 +45,6 @@ typedef struct pool_geom {
     int64_t pad_begin[MAX_SPATIAL], pad_end[MAX_SPATIAL];
 } pool_geom;
 
-static int pool_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int pool_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-{
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return mk_fail(ctx->err, code, "%s: node '%s': %s", ctx->node->op_type,
-                   ctx->node->name ? ctx->node->name : "", what);
-}
-
 /* ---- attributes --------------------------------------------------------- */
 
 static int read_p(mk_ctx *ctx, float *p)
@@ -76,8 +54,7 @@ static int read_p(mk_ctx *ctx, float *p)
     *p = 2.0f;
     if (a) *p = a->type == MK_ATTR_FLOAT ? a->f : (float)a->i;
     if (!(*p > 0.0f) || !isfinite(*p))
-        return pool_fail(ctx, MASKD_ERR_INVALID, "p must be positive, got %g",
-                         (double)*p);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "p must be positive, got %g", (double)*p);
     return MASKD_OK;
 }
 
@@ -91,12 +68,12 @@ static int read_axis_ints(mk_ctx *ctx, const char *name, int64_t *out, int want,
         return MASKD_OK;
     }
     if (n != want)
-        return pool_fail(ctx, MASKD_ERR_INVALID,
-                         "%s has %d values, kernel_shape needs %d", name, n, want);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "%s has %d values, kernel_shape needs %d", name,
+                          n, want);
     for (int i = 0; i < n; i++) {
         if (buf[i] < min || buf[i] >= ATTR_LIMIT)
-            return pool_fail(ctx, MASKD_ERR_INVALID, "%s[%d] = %lld is out of range",
-                             name, i, (long long)buf[i]);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "%s[%d] = %lld is out of range", name, i,
+                              (long long)buf[i]);
         out[i] = buf[i];
     }
     return MASKD_OK;
@@ -111,15 +88,15 @@ static int windowed_prepare(mk_ctx *ctx, pool_kind kind)
     int64_t kernel[MAX_SPATIAL + 1];
     int nk = mk_attr_ints(ctx->node, "kernel_shape", kernel, MAX_SPATIAL + 1);
     if (nk < 1)
-        return pool_fail(ctx, MASKD_ERR_INVALID, "kernel_shape is required");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "kernel_shape is required");
     if (nk > MAX_SPATIAL)
-        return pool_fail(ctx, MASKD_ERR_UNSUPPORTED,
-                         "%d spatial axes; at most %d are supported", nk, MAX_SPATIAL);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "%d spatial axes; at most %d are supported",
+                          nk, MAX_SPATIAL);
     a.n_spatial = nk;
     for (int i = 0; i < nk; i++) {
         if (kernel[i] < 1 || kernel[i] >= ATTR_LIMIT)
-            return pool_fail(ctx, MASKD_ERR_INVALID, "kernel_shape[%d] = %lld is out of range",
-                             i, (long long)kernel[i]);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "kernel_shape[%d] = %lld is out of range", i,
+                              (long long)kernel[i]);
         a.kernel[i] = kernel[i];
     }
     int rc;
@@ -128,28 +105,22 @@ static int windowed_prepare(mk_ctx *ctx, pool_kind kind)
         (rc = read_axis_ints(ctx, "pads", a.pads, 2 * nk, 0, 0)))
         return rc;
 
-    const char *auto_pad = mk_attr_str(ctx->node, "auto_pad", "NOTSET");
-    if (!strcmp(auto_pad, "NOTSET")) a.pad_mode = PAD_EXPLICIT;
-    else if (!strcmp(auto_pad, "SAME_UPPER")) a.pad_mode = PAD_SAME_UPPER;
-    else if (!strcmp(auto_pad, "SAME_LOWER")) a.pad_mode = PAD_SAME_LOWER;
-    else if (!strcmp(auto_pad, "VALID")) a.pad_mode = PAD_VALID;
-    else
-        return pool_fail(ctx, MASKD_ERR_INVALID, "unknown auto_pad '%s'", auto_pad);
+    if ((rc = mk_parse_auto_pad(ctx, &a.pad_mode))) return rc;
 
     int64_t ceil_mode = mk_attr_int(ctx->node, "ceil_mode", 0);
     int64_t include_pad = mk_attr_int(ctx->node, "count_include_pad", 0);
     int64_t storage_order = mk_attr_int(ctx->node, "storage_order", 0);
     if ((ceil_mode != 0 && ceil_mode != 1) || (include_pad != 0 && include_pad != 1) ||
         (storage_order != 0 && storage_order != 1))
-        return pool_fail(ctx, MASKD_ERR_INVALID,
-                         "ceil_mode, count_include_pad and storage_order must be 0 or 1");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                          "ceil_mode, count_include_pad and storage_order must be 0 or 1");
     a.ceil_mode = ceil_mode;
     a.count_include_pad = include_pad;
     a.column_major_indices = storage_order;
     if (kind == POOL_LP && (rc = read_p(ctx, &a.p))) return rc;
 
     pool_attrs *state = malloc(sizeof *state);
-    if (!state) return pool_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    if (!state) return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
     *state = a;
     ctx->node->state = state;
     return MASKD_OK;
@@ -166,10 +137,9 @@ static int pool_geometry(mk_ctx *ctx, const pool_attrs *a, const mk_tensor *x,
 {
     char shape[128];
     if (x->ndim != a->n_spatial + 2)
-        return pool_fail(ctx, MASKD_ERR_SHAPE,
-                         "kernel_shape has %d axes, so the input must be %d-D; got %s",
-                         a->n_spatial, a->n_spatial + 2,
-                         mk_shape_str(x, shape, sizeof shape));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                          "kernel_shape has %d axes, so the input must be %d-D; got %s",
+                          a->n_spatial, a->n_spatial + 2, mk_shape_str(x, shape, sizeof shape));
     g->planes = x->dims[0] * x->dims[1];
     const int lead = MAX_SPATIAL - a->n_spatial;
     for (int ax = 0; ax < lead; ax++) {
@@ -182,43 +152,11 @@ static int pool_geometry(mk_ctx *ctx, const pool_attrs *a, const mk_tensor *x,
         const int64_t in = x->dims[2 + i], k = a->kernel[i], s = a->strides[i];
         const int64_t d = a->dilations[i], span = (k - 1) * d + 1;
         int64_t pb = a->pads[i], pe = a->pads[a->n_spatial + i], out;
-        switch (a->pad_mode) {
-        case PAD_SAME_UPPER:
-        case PAD_SAME_LOWER: {
-            out = (in + s - 1) / s;
-            int64_t total = (out - 1) * s + span - in;
-            if (total < 0) total = 0;
-            /* SAME_UPPER puts the odd pixel at the end, SAME_LOWER at the start. */
-            pb = a->pad_mode == PAD_SAME_UPPER ? total / 2 : total - total / 2;
-            pe = total - pb;
-            break;
-        }
-        case PAD_VALID:
-            pb = pe = 0;
-            if (in < span)
-                return pool_fail(ctx, MASKD_ERR_SHAPE,
-                                 "window of %lld on axis %d exceeds the input %s",
-                                 (long long)span, 2 + i,
-                                 mk_shape_str(x, shape, sizeof shape));
-            out = (in - span) / s + 1;
-            break;
-        default: {
-            const int64_t room = in + pb + pe - span;
-            if (room < 0)
-                return pool_fail(ctx, MASKD_ERR_SHAPE,
-                                 "window of %lld on axis %d exceeds the padded input %s",
-                                 (long long)span, 2 + i,
-                                 mk_shape_str(x, shape, sizeof shape));
-            if (a->ceil_mode) {
-                out = (room + s - 1) / s + 1;
-                /* A last window starting in the end padding would see no
-                 * input at all; PyTorch and ONNX drop it. */
-                if ((out - 1) * s >= in + pb) out--;
-            } else {
-                out = room / s + 1;
-            }
-        }
-        }
+        if (!mk_window_axis(a->pad_mode, in, span, s, a->ceil_mode, &pb, &pe, &out))
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "window of %lld on axis %d exceeds the %sinput %s", (long long)span,
+                              2 + i, a->pad_mode == MK_PAD_VALID ? "" : "padded ",
+                              mk_shape_str(x, shape, sizeof shape));
         g->in[ax] = in;
         g->out[ax] = out;
         g->kernel[ax] = k;
@@ -273,14 +211,15 @@ typedef struct pool_job {
     float p;
 } pool_job;
 
-/* Rows are (plane, o0, o1); each covers out[2] outputs. */
-static inline void row_coords(const pool_geom *g, int64_t row, int64_t *plane,
-                              int64_t *o0, int64_t *o1)
+/* Rows are (plane, o0, o1); each covers out[2] outputs.  Returns the row's
+ * plane, and its windows' taps along axes 0 and 1. */
+static inline int64_t row_start(const pool_geom *g, int64_t row, taps *t0, taps *t1)
 {
-    *o1 = row % g->out[1];
+    const int64_t o1 = row % g->out[1];
     row /= g->out[1];
-    *o0 = row % g->out[0];
-    *plane = row / g->out[0];
+    *t0 = axis_taps(g, 0, row % g->out[0]);
+    *t1 = axis_taps(g, 1, o1);
+    return row / g->out[0];
 }
 
 static inline int64_t in_plane_size(const pool_geom *g)
@@ -301,46 +240,30 @@ static bool fast_2d(const pool_geom *g)
 /*
  * Outputs [lo, hi) of one row whose windows lie inside the input: the kh
  * input rows are first reduced column by column (contiguous, so it
- * vectorises), then a kw-wide window slides along the reduced row.  Called
- * with literal kh/kw for the common 2x2 and 3x3 windows so they unroll.
+ * vectorises), then a kw-wide window slides along the reduced row; max for
+ * MaxPool, the mean for AveragePool (inside the input both of its divisors
+ * are the full window).  Called with literal is_max, and literal kh/kw for
+ * the common 2x2 and 3x3 windows so they unroll.
  */
 static inline __attribute__((always_inline)) void
-interior_max(const float *rows, int64_t w, int kh, int kw, int64_t s, int64_t pb,
-             int64_t lo, int64_t hi, float *y, float *reduced)
-{
-    const int64_t first = lo * s - pb, last = (hi - 1) * s - pb + kw;
-    for (int64_t c = first; c < last; c++) {
-        float m = rows[c];
-        for (int i = 1; i < kh; i++) {
-            const float v = rows[i * w + c];
-            m = v > m ? v : m;
-        }
-        reduced[c - first] = m;
-    }
-    for (int64_t o = lo; o < hi; o++) {
-        const float *p = reduced + (o - lo) * s;
-        float m = p[0];
-        for (int j = 1; j < kw; j++) m = p[j] > m ? p[j] : m;
-        y[o] = m;
-    }
-}
-
-static inline __attribute__((always_inline)) void
-interior_avg(const float *rows, int64_t w, int kh, int kw, int64_t s, int64_t pb,
-             int64_t lo, int64_t hi, float *y, float *reduced)
+interior_f32(const float *rows, int64_t w, int kh, int kw, int64_t s, int64_t pb,
+             int64_t lo, int64_t hi, float *y, float *reduced, bool is_max)
 {
     const int64_t first = lo * s - pb, last = (hi - 1) * s - pb + kw;
     const float inv_area = 1.0f / (float)(kh * kw);
     for (int64_t c = first; c < last; c++) {
-        float sum = rows[c];
-        for (int i = 1; i < kh; i++) sum += rows[i * w + c];
-        reduced[c - first] = sum;
+        float acc = rows[c];
+        for (int i = 1; i < kh; i++) {
+            const float v = rows[i * w + c];
+            acc = is_max ? (v > acc ? v : acc) : acc + v;
+        }
+        reduced[c - first] = acc;
     }
     for (int64_t o = lo; o < hi; o++) {
         const float *p = reduced + (o - lo) * s;
-        float sum = p[0];
-        for (int j = 1; j < kw; j++) sum += p[j];
-        y[o] = sum * inv_area;
+        float acc = p[0];
+        for (int j = 1; j < kw; j++) acc = is_max ? (p[j] > acc ? p[j] : acc) : acc + p[j];
+        y[o] = is_max ? acc : acc * inv_area;
     }
 }
 
@@ -358,12 +281,11 @@ interior_avg(const float *rows, int64_t w, int kh, int kw, int64_t s, int64_t pb
         const pool_geom *g = job->g;                                               \
         const int64_t plane_size = in_plane_size(g);                               \
         for (int64_t row = begin; row < end; row++) {                              \
-            int64_t plane, o0, o1;                                                 \
-            row_coords(g, row, &plane, &o0, &o1);                                  \
+            taps t0, t1;                                                           \
+            const int64_t plane = row_start(g, row, &t0, &t1);                     \
             const T *x = (const T *)job->x + plane * plane_size;                   \
             T *y = (T *)job->y + row * g->out[2];                                  \
             int64_t *ind = job->indices ? job->indices + row * g->out[2] : NULL;   \
-            const taps t0 = axis_taps(g, 0, o0), t1 = axis_taps(g, 1, o1);         \
             for (int64_t o2 = 0; o2 < g->out[2]; o2++) {                           \
                 const taps t2 = axis_taps(g, 2, o2);                               \
                 T best = LOWEST;                                                   \
@@ -416,37 +338,6 @@ static inline float max_one_f32(const pool_geom *g, const float *x, taps t0, tap
     return best;
 }
 
-static void max_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
-{
-    (void)slot;
-    const pool_job *job = arg;
-    const pool_geom *g = job->g;
-    const int64_t plane_size = in_plane_size(g), w = g->in[2];
-    const bool fast = fast_2d(g);
-    int64_t lo = 0, hi = 0;
-    if (fast) interior_columns(g, &lo, &hi);
-    const int kh = (int)g->kernel[1], kw = (int)g->kernel[2];
-    const int64_t s = g->stride[2], pb = g->pad_begin[2];
-    float reduced[FAST_ROW_MAX];
-    for (int64_t row = begin; row < end; row++) {
-        int64_t plane, o0, o1;
-        row_coords(g, row, &plane, &o0, &o1);
-        const float *x = (const float *)job->x + plane * plane_size;
-        float *y = (float *)job->y + row * g->out[2];
-        const taps t0 = axis_taps(g, 0, o0), t1 = axis_taps(g, 1, o1);
-        int64_t o2 = 0;
-        if (fast && t0.count == 1 && t1.count == kh && lo < hi) {
-            for (; o2 < lo; o2++) y[o2] = max_one_f32(g, x, t0, t1, o2);
-            const float *rows = x + (t0.first * g->in[1] + t1.first) * w;
-            if (kh == 2 && kw == 2) interior_max(rows, w, 2, 2, s, pb, lo, hi, y, reduced);
-            else if (kh == 3 && kw == 3) interior_max(rows, w, 3, 3, s, pb, lo, hi, y, reduced);
-            else interior_max(rows, w, kh, kw, s, pb, lo, hi, y, reduced);
-            o2 = hi;
-        }
-        for (; o2 < g->out[2]; o2++) y[o2] = max_one_f32(g, x, t0, t1, o2);
-    }
-}
-
 /* ---- AveragePool and LpPool --------------------------------------------- */
 
 static inline float avg_one_f32(const pool_job *job, const float *x, taps t0, taps t1,
@@ -468,10 +359,11 @@ static inline float avg_one_f32(const pool_job *job, const float *x, taps t0, ta
     return n > 0 ? sum / (float)n : 0.0f;
 }
 
-static void avg_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
+/* Rows of float MaxPool (is_max) or AveragePool: the interior of a 2-D
+ * pool through interior_f32, everything else through the generic loops. */
+static inline __attribute__((always_inline)) void
+window_rows_f32(const pool_job *job, int64_t begin, int64_t end, bool is_max)
 {
-    (void)slot;
-    const pool_job *job = arg;
     const pool_geom *g = job->g;
     const int64_t plane_size = in_plane_size(g), w = g->in[2];
     const bool fast = fast_2d(g);
@@ -481,23 +373,38 @@ static void avg_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
     const int64_t s = g->stride[2], pb = g->pad_begin[2];
     float reduced[FAST_ROW_MAX];
     for (int64_t row = begin; row < end; row++) {
-        int64_t plane, o0, o1;
-        row_coords(g, row, &plane, &o0, &o1);
+        taps t0, t1;
+        const int64_t plane = row_start(g, row, &t0, &t1);
         const float *x = (const float *)job->x + plane * plane_size;
         float *y = (float *)job->y + row * g->out[2];
-        const taps t0 = axis_taps(g, 0, o0), t1 = axis_taps(g, 1, o1);
         int64_t o2 = 0;
-        /* Inside the input both divisors are the full window. */
         if (fast && t0.count == 1 && t1.count == kh && lo < hi) {
-            for (; o2 < lo; o2++) y[o2] = avg_one_f32(job, x, t0, t1, o2);
+            for (; o2 < lo; o2++)
+                y[o2] = is_max ? max_one_f32(g, x, t0, t1, o2) : avg_one_f32(job, x, t0, t1, o2);
             const float *rows = x + (t0.first * g->in[1] + t1.first) * w;
-            if (kh == 2 && kw == 2) interior_avg(rows, w, 2, 2, s, pb, lo, hi, y, reduced);
-            else if (kh == 3 && kw == 3) interior_avg(rows, w, 3, 3, s, pb, lo, hi, y, reduced);
-            else interior_avg(rows, w, kh, kw, s, pb, lo, hi, y, reduced);
+            if (kh == 2 && kw == 2)
+                interior_f32(rows, w, 2, 2, s, pb, lo, hi, y, reduced, is_max);
+            else if (kh == 3 && kw == 3)
+                interior_f32(rows, w, 3, 3, s, pb, lo, hi, y, reduced, is_max);
+            else
+                interior_f32(rows, w, kh, kw, s, pb, lo, hi, y, reduced, is_max);
             o2 = hi;
         }
-        for (; o2 < g->out[2]; o2++) y[o2] = avg_one_f32(job, x, t0, t1, o2);
+        for (; o2 < g->out[2]; o2++)
+            y[o2] = is_max ? max_one_f32(g, x, t0, t1, o2) : avg_one_f32(job, x, t0, t1, o2);
     }
+}
+
+static void max_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
+{
+    (void)slot;
+    window_rows_f32(arg, begin, end, true);
+}
+
+static void avg_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
+{
+    (void)slot;
+    window_rows_f32(arg, begin, end, false);
 }
 
 static inline float lp_accumulate(float acc, float v, float p)
@@ -522,11 +429,10 @@ static void lp_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
     const int64_t plane_size = in_plane_size(g);
     const float p = job->p;
     for (int64_t row = begin; row < end; row++) {
-        int64_t plane, o0, o1;
-        row_coords(g, row, &plane, &o0, &o1);
+        taps t0, t1;
+        const int64_t plane = row_start(g, row, &t0, &t1);
         const float *x = (const float *)job->x + plane * plane_size;
         float *y = (float *)job->y + row * g->out[2];
-        const taps t0 = axis_taps(g, 0, o0), t1 = axis_taps(g, 1, o1);
         for (int64_t o2 = 0; o2 < g->out[2]; o2++) {
             const taps t2 = axis_taps(g, 2, o2);
             float acc = 0.0f;
@@ -546,39 +452,48 @@ static void lp_rows_f32(void *arg, int64_t begin, int64_t end, int slot)
 
 /* ---- windowed ops: infer and run ----------------------------------------- */
 
+/* Output 0: x's dtype, batch and channels, and the spatial sizes given
+ * (NULL: all 1, the global pools). */
+static int set_pooled_output(mk_ctx *ctx, const mk_tensor *x, const int64_t *spatial,
+                             mk_tensor **out)
+{
+    mk_tensor *y;
+    int rc = mk_need_output(ctx, 0, &y);
+    if (rc) return rc;
+    y->dtype = x->dtype;
+    y->ndim = x->ndim;
+    y->dims[0] = x->dims[0];
+    y->dims[1] = x->dims[1];
+    for (int i = 2; i < x->ndim; i++) y->dims[i] = spatial ? spatial[i - 2] : 1;
+    ctx->scratch_bytes = 0;
+    *out = y;
+    return MASKD_OK;
+}
+
 static int windowed_infer(mk_ctx *ctx)
 {
     const pool_attrs *a = ctx->node->state;
-    const mk_tensor *x = ctx->in[0];
-    if (!a) return pool_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
-    if (!x) return pool_fail(ctx, MASKD_ERR_INVALID, "input X is missing");
+    mk_tensor *x, *y, *ind;
+    if (!a) return mk_op_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
+    int rc = mk_need_input(ctx, 0, &x);
+    if (rc) return rc;
     bool dtype_ok = x->dtype == MASKD_FLOAT;
     if (a->kind == POOL_MAX)
         dtype_ok = dtype_ok || x->dtype == MASKD_DOUBLE || x->dtype == MASKD_UINT8 ||
                    x->dtype == MASKD_INT8;
     if (!dtype_ok)
-        return pool_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
-                         maskd_dtype_name(x->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
+                          maskd_dtype_name(x->dtype));
     pool_geom g;
-    int rc = pool_geometry(ctx, a, x, &g);
-    if (rc) return rc;
-
-    mk_tensor *y = ctx->out[0];
-    if (!y) return pool_fail(ctx, MASKD_ERR_INVALID, "output Y is missing");
-    y->dtype = x->dtype;
-    y->ndim = x->ndim;
-    y->dims[0] = x->dims[0];
-    y->dims[1] = x->dims[1];
-    for (int i = 0; i < a->n_spatial; i++)
-        y->dims[2 + i] = g.out[MAX_SPATIAL - a->n_spatial + i];
+    if ((rc = pool_geometry(ctx, a, x, &g)) ||
+        (rc = set_pooled_output(ctx, x, g.out + MAX_SPATIAL - a->n_spatial, &y)))
+        return rc;
     /* Indices exist from MaxPool-8 on. */
-    if (a->kind == POOL_MAX && ctx->n_out > 1 && ctx->out[1]) {
-        mk_tensor *ind = ctx->out[1];
+    if (a->kind == POOL_MAX && (ind = mk_output(ctx, 1))) {
         *ind = *y;
         ind->data = NULL;
         ind->dtype = MASKD_INT64;
     }
-    ctx->scratch_bytes = 0;
     return MASKD_OK;
 }
 
@@ -598,8 +513,8 @@ static int windowed_run(mk_ctx *ctx)
         .count_include_pad = a->count_include_pad,
         .p = a->p,
     };
-    if (a->kind == POOL_MAX && ctx->n_out > 1 && ctx->out[1])
-        job.indices = ctx->out[1]->data;
+    mk_tensor *ind = mk_output(ctx, 1);
+    if (a->kind == POOL_MAX && ind) job.indices = ind->data;
 
     mk_range_fn fn;
     switch (a->kind) {
@@ -664,7 +579,7 @@ static int global_lp_prepare(mk_ctx *ctx)
     int rc = read_p(ctx, &p);
     if (rc) return rc;
     float *state = malloc(sizeof *state);
-    if (!state) return pool_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    if (!state) return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
     *state = p;
     ctx->node->state = state;
     return MASKD_OK;
@@ -672,24 +587,17 @@ static int global_lp_prepare(mk_ctx *ctx)
 
 static int global_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = ctx->in[0];
+    mk_tensor *x, *y;
     char shape[128];
-    if (!x) return pool_fail(ctx, MASKD_ERR_INVALID, "input X is missing");
+    int rc = mk_need_input(ctx, 0, &x);
+    if (rc) return rc;
     if (x->dtype != MASKD_FLOAT)
-        return pool_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
-                         maskd_dtype_name(x->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported",
+                          maskd_dtype_name(x->dtype));
     if (x->ndim < 2)
-        return pool_fail(ctx, MASKD_ERR_SHAPE, "input must be N x C x ..., got %s",
-                         mk_shape_str(x, shape, sizeof shape));
-    mk_tensor *y = ctx->out[0];
-    if (!y) return pool_fail(ctx, MASKD_ERR_INVALID, "output Y is missing");
-    y->dtype = x->dtype;
-    y->ndim = x->ndim;
-    y->dims[0] = x->dims[0];
-    y->dims[1] = x->dims[1];
-    for (int i = 2; i < x->ndim; i++) y->dims[i] = 1;
-    ctx->scratch_bytes = 0;
-    return MASKD_OK;
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input must be N x C x ..., got %s",
+                          mk_shape_str(x, shape, sizeof shape));
+    return set_pooled_output(ctx, x, NULL, &y);
 }
 
 static int global_run_kind(mk_ctx *ctx, pool_kind kind, float p)

@@ -13,93 +13,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 /* ---- shared helpers ------------------------------------------------------ */
 
-static const mk_tensor *input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
-}
-
-static mk_tensor *output(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_out ? ctx->out[i] : NULL;
-}
-
-static const char *name_of(const mk_ctx *ctx)
-{
-    return ctx->node->name ? ctx->node->name : "";
-}
-
-static bool is_int_type(maskd_dtype t)
-{
-    return t == MASKD_INT64 || t == MASKD_INT32 || t == MASKD_INT16 || t == MASKD_INT8 ||
-           t == MASKD_UINT64 || t == MASKD_UINT32 || t == MASKD_UINT16 || t == MASKD_UINT8;
-}
-
 /* Types the reductions compute on (mk_get_f64 / mk_get_i64 can read them). */
-static int check_numeric_input(mk_ctx *ctx, const mk_tensor *x)
+static int need_numeric_input(mk_ctx *ctx, int i, const mk_tensor **out)
 {
-    if (!x)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing input",
-                       ctx->node->op_type, name_of(ctx));
-    if (x->ndim < 0) return MK_DYNAMIC;
-    if (x->dtype != MASKD_FLOAT && x->dtype != MASKD_DOUBLE && !is_int_type(x->dtype))
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': element type %s is not supported", ctx->node->op_type,
-                       name_of(ctx), maskd_dtype_name(x->dtype));
+    int rc = mk_need_data_input(ctx, i, out);
+    if (rc) return rc;
+    maskd_dtype t = (*out)->dtype;
+    if (t != MASKD_FLOAT && t != MASKD_DOUBLE && !mk_is_int_dtype(t))
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "element type %s is not supported",
+                          maskd_dtype_name(t));
     return MASKD_OK;
-}
-
-static int need_output(mk_ctx *ctx, int i, mk_tensor **out)
-{
-    *out = output(ctx, i);
-    if (!*out)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing output %d",
-                       ctx->node->op_type, name_of(ctx), i);
-    return MASKD_OK;
-}
-
-static int normalize_axis(mk_ctx *ctx, int64_t axis, int rank, int *out)
-{
-    *out = 0;
-    if (axis < -rank || axis >= rank)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': axis %lld is out of range for rank %d",
-                       ctx->node->op_type, name_of(ctx), (long long)axis, rank);
-    *out = (int)(axis < 0 ? axis + rank : axis);
-    return MASKD_OK;
-}
-
-static int64_t f64_to_i64(double v)
-{
-    if (v != v) return 0;
-    if (v >= 9223372036854775807.0) return INT64_MAX;
-    if (v <= -9223372036854775808.0) return INT64_MIN;
-    return (int64_t)v;
-}
-
-static void store_i64(maskd_dtype t, void *dst, int64_t i, int64_t v)
-{
-    switch (t) {
-    case MASKD_INT64: case MASKD_UINT64: ((int64_t *)dst)[i] = v; break;
-    case MASKD_INT32: case MASKD_UINT32: ((int32_t *)dst)[i] = (int32_t)v; break;
-    case MASKD_INT16: case MASKD_UINT16: ((int16_t *)dst)[i] = (int16_t)v; break;
-    case MASKD_INT8: case MASKD_UINT8: ((int8_t *)dst)[i] = (int8_t)v; break;
-    case MASKD_FLOAT: ((float *)dst)[i] = (float)v; break;
-    case MASKD_DOUBLE: ((double *)dst)[i] = (double)v; break;
-    default: break;
-    }
-}
-
-static void store_f64(maskd_dtype t, void *dst, int64_t i, double v)
-{
-    switch (t) {
-    case MASKD_FLOAT: ((float *)dst)[i] = (float)v; break;
-    case MASKD_DOUBLE: ((double *)dst)[i] = v; break;
-    default: store_i64(t, dst, i, f64_to_i64(v)); break;
-    }
 }
 
 /* ---- Reduce* ------------------------------------------------------------- */
@@ -119,52 +46,33 @@ static int reduce_axes(mk_ctx *ctx, red_kind kind, const mk_tensor *x, bool *red
     int n = -1;
     bool from_input = ctx->node->opset >= 18 || (kind == RED_SUM && ctx->node->opset >= 13);
     if (from_input) {
-        const mk_tensor *a = input(ctx, 1);
-        if (a) {
-            if (a->ndim < 0) return MK_DYNAMIC;
-            if (a->ndim > 1 || !is_int_type(a->dtype))
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "%s: node '%s': 'axes' must be a 1-D integer tensor",
-                               ctx->node->op_type, name_of(ctx));
-            int64_t count = mk_numel(a);
-            if (count > rank)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "%s: node '%s': %lld axes for rank %d", ctx->node->op_type,
-                               name_of(ctx), (long long)count, rank);
-            if (!a->data) return MK_DYNAMIC;
-            for (int64_t i = 0; i < count; i++) axes[i] = mk_get_i64(a, i);
-            n = (int)count;
-        }
+        const mk_tensor *a = mk_input(ctx, 1);
+        int rc;
+        if (a && (rc = mk_read_int_list(ctx, a, "axes", axes, rank, &n))) return rc;
     } else {
         n = mk_attr_ints(ctx->node, "axes", axes, MASKD_MAX_DIMS);
         if (n > rank)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': %d axes for rank %d",
-                           ctx->node->op_type, name_of(ctx), n, rank);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "%d axes for rank %d", n, rank);
     }
     if (n <= 0) {
         bool noop = from_input && mk_attr_int(ctx->node, "noop_with_empty_axes", 0) != 0;
         for (int k = 0; k < rank; k++) reduced[k] = !noop;
         return MASKD_OK;
     }
+    int rc = mk_normalize_axes(ctx, axes, n, rank);
+    if (rc) return rc;
     for (int k = 0; k < rank; k++) reduced[k] = false;
-    for (int i = 0; i < n; i++) {
-        int axis, rc;
-        if ((rc = normalize_axis(ctx, axes[i], rank, &axis))) return rc;
-        if (reduced[axis])
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': axis %lld repeats",
-                           ctx->node->op_type, name_of(ctx), (long long)axes[i]);
-        reduced[axis] = true;
-    }
+    for (int i = 0; i < n; i++) reduced[axes[i]] = true;
     return MASKD_OK;
 }
 
 static int reduce_infer(mk_ctx *ctx, red_kind kind)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
     bool reduced[MASKD_MAX_DIMS];
     int rc;
-    if ((rc = check_numeric_input(ctx, x)) || (rc = need_output(ctx, 0, &y)) ||
+    if ((rc = need_numeric_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y)) ||
         (rc = reduce_axes(ctx, kind, x, reduced)))
         return rc;
     bool keepdims = mk_attr_int(ctx->node, "keepdims", 1) != 0;
@@ -450,10 +358,13 @@ static void reduce_any_items(void *arg, int64_t begin, int64_t end, int slot)
     for (int64_t o = begin; o < end; o++) {
         int64_t base = 0;
         for (int k = 0; k < j->n_keep; k++) base += coord[k] * j->keep_stride[k];
-        if (j->use_int)
-            store_i64(j->y->dtype, j->y->data, o, reduce_one_i64(j, base));
-        else
-            store_f64(j->y->dtype, j->y->data, o, reduce_one_f64(j, base));
+        if (j->use_int) {
+            int64_t v = reduce_one_i64(j, base);
+            mk_store_i64(j->y->dtype, j->y->data, o, 1, &v);
+        } else {
+            double v = reduce_one_f64(j, base);
+            mk_store_f64(j->y->dtype, j->y->data, o, 1, &v);
+        }
         for (int k = j->n_keep - 1; k >= 0; k--) {
             if (++coord[k] < j->keep_size[k]) break;
             coord[k] = 0;
@@ -498,7 +409,7 @@ static int reduce_run(mk_ctx *ctx, red_kind kind)
     }
 
     reduce_any_job j = {.kind = kind, .reduce_n = reduce_n, .x = x, .y = y};
-    j.use_int = is_int_type(x->dtype) && kind != RED_L2 && kind != RED_LOG_SUM &&
+    j.use_int = mk_is_int_dtype(x->dtype) && kind != RED_L2 && kind != RED_LOG_SUM &&
                 kind != RED_LOG_SUM_EXP;
     for (int g = 0; g < s.n; g++) {
         if (s.reduced[g]) {
@@ -530,6 +441,25 @@ REDUCE_OP(reduce_log_sum_exp, RED_LOG_SUM_EXP)
 
 /* ---- ArgMax / ArgMin ----------------------------------------------------- */
 
+/* Input 0 (numeric, not a scalar) seen as [outer, n, inner] around the axis
+ * attribute, as ArgMax, ArgMin and TopK walk it. */
+static int split_at_axis(mk_ctx *ctx, int64_t default_axis, int *axis, int64_t *outer,
+                         int64_t *n, int64_t *inner)
+{
+    const mk_tensor *x;
+    int rc;
+    if ((rc = need_numeric_input(ctx, 0, &x))) return rc;
+    if (x->ndim == 0)
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "input is a scalar");
+    if ((rc = mk_normalize_axis(ctx, mk_attr_int(ctx->node, "axis", default_axis), x->ndim,
+                                axis)))
+        return rc;
+    *n = x->dims[*axis];
+    *outer = mk_dims_product(x->dims, 0, *axis);
+    *inner = mk_dims_product(x->dims, *axis + 1, x->ndim);
+    return MASKD_OK;
+}
+
 typedef struct arg_plan {
     int axis;
     int64_t outer, n, inner;
@@ -539,21 +469,10 @@ typedef struct arg_plan {
 static int arg_make(mk_ctx *ctx, arg_plan *p)
 {
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = input(ctx, 0);
-    int rc;
-    if ((rc = check_numeric_input(ctx, x))) return rc;
-    if (x->ndim == 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': input is a scalar",
-                       ctx->node->op_type, name_of(ctx));
-    if ((rc = normalize_axis(ctx, mk_attr_int(ctx->node, "axis", 0), x->ndim, &p->axis)))
-        return rc;
-    p->n = x->dims[p->axis];
+    int rc = split_at_axis(ctx, 0, &p->axis, &p->outer, &p->n, &p->inner);
+    if (rc) return rc;
     if (p->n == 0)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE, "%s: node '%s': axis %d is empty",
-                       ctx->node->op_type, name_of(ctx), p->axis);
-    p->outer = p->inner = 1;
-    for (int k = 0; k < p->axis; k++) p->outer *= x->dims[k];
-    for (int k = p->axis + 1; k < x->ndim; k++) p->inner *= x->dims[k];
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "axis %d is empty", p->axis);
     p->select_last = ctx->node->opset >= 12 && mk_attr_int(ctx->node, "select_last_index", 0);
     return MASKD_OK;
 }
@@ -563,7 +482,7 @@ static int arg_infer(mk_ctx *ctx)
     arg_plan p;
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y)) || (rc = arg_make(ctx, &p))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = arg_make(ctx, &p))) return rc;
     const mk_tensor *x = ctx->in[0];
     bool keepdims = mk_attr_int(ctx->node, "keepdims", 1) != 0;
     int r = 0;
@@ -626,7 +545,7 @@ static void arg_items(void *arg, int64_t begin, int64_t end, int slot)
     }
     for (int64_t w = begin; w < end; w++) {
         int64_t o = w / inner, i = w % inner, base = o * n * inner + i, best_at = 0;
-        if (is_int_type(j->x->dtype)) {
+        if (mk_is_int_dtype(j->x->dtype)) {
             int64_t best = mk_get_i64(j->x, base);
             for (int64_t r = 1; r < n; r++) {
                 int64_t v = mk_get_i64(j->x, base + r * inner);
@@ -677,39 +596,25 @@ typedef struct topk_entry {
 static int topk_make(mk_ctx *ctx, topk_plan *p)
 {
     memset(p, 0, sizeof *p);
-    const mk_tensor *x = input(ctx, 0);
-    int rc;
-    if ((rc = check_numeric_input(ctx, x))) return rc;
-    if (x->ndim == 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "TopK: node '%s': input is a scalar",
-                       name_of(ctx));
-    if ((rc = normalize_axis(ctx, mk_attr_int(ctx->node, "axis", -1), x->ndim, &p->axis)))
-        return rc;
+    int rc = split_at_axis(ctx, -1, &p->axis, &p->outer, &p->n, &p->inner);
+    if (rc) return rc;
     if (ctx->node->opset < 10) {
         if (!mk_attr_find(ctx->node, "k"))
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "TopK: node '%s': missing 'k'",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'k'");
         p->k = mk_attr_int(ctx->node, "k", 0);
     } else {
-        const mk_tensor *k = input(ctx, 1);
+        const mk_tensor *k = mk_input(ctx, 1);
         if (!k)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "TopK: node '%s': missing K",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing K");
         if (k->ndim < 0) return MK_DYNAMIC;
-        if (k->ndim > 1 || mk_numel(k) != 1 || !is_int_type(k->dtype))
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "TopK: node '%s': K must be a single integer", name_of(ctx));
+        if (k->ndim > 1 || mk_numel(k) != 1 || !mk_is_int_dtype(k->dtype))
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "K must be a single integer");
         if (!k->data) return MK_DYNAMIC;
         p->k = mk_get_i64(k, 0);
     }
-    p->n = x->dims[p->axis];
     if (p->k < 0 || p->k > p->n)
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "TopK: node '%s': K = %lld but axis %d has %lld elements", name_of(ctx),
-                       (long long)p->k, p->axis, (long long)p->n);
-    p->outer = p->inner = 1;
-    for (int k = 0; k < p->axis; k++) p->outer *= x->dims[k];
-    for (int k = p->axis + 1; k < x->ndim; k++) p->inner *= x->dims[k];
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "K = %lld but axis %d has %lld elements",
+                          (long long)p->k, p->axis, (long long)p->n);
     p->largest = ctx->node->opset < 11 || mk_attr_int(ctx->node, "largest", 1) != 0;
     return MASKD_OK;
 }
@@ -719,7 +624,7 @@ static int topk_infer(mk_ctx *ctx)
     topk_plan p;
     mk_tensor *values, *indices;
     int rc;
-    if ((rc = need_output(ctx, 0, &values)) || (rc = need_output(ctx, 1, &indices)) ||
+    if ((rc = mk_need_output(ctx, 0, &values)) || (rc = mk_need_output(ctx, 1, &indices)) ||
         (rc = topk_make(ctx, &p)))
         return rc;
     const mk_tensor *x = ctx->in[0];

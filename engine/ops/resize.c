@@ -14,11 +14,10 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 typedef enum interp_mode { MODE_NEAREST, MODE_LINEAR, MODE_CUBIC } interp_mode;
 
@@ -72,20 +71,6 @@ typedef struct resize_plan {
     axis_plan ax[MASKD_MAX_DIMS];
 } resize_plan;
 
-static int resize_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int resize_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-{
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return mk_fail(ctx->err, code, "%s: node '%s': %s", ctx->node->op_type,
-                   ctx->node->name ? ctx->node->name : "", what);
-}
-
 /* ---- attributes --------------------------------------------------------- */
 
 static int parse_mode(mk_ctx *ctx, resize_attrs *a, bool cubic_allowed)
@@ -94,7 +79,7 @@ static int parse_mode(mk_ctx *ctx, resize_attrs *a, bool cubic_allowed)
     if (!strcmp(mode, "nearest")) a->mode = MODE_NEAREST;
     else if (!strcmp(mode, "linear") || !strcmp(mode, "bilinear")) a->mode = MODE_LINEAR;
     else if (cubic_allowed && !strcmp(mode, "cubic")) a->mode = MODE_CUBIC;
-    else return resize_fail(ctx, MASKD_ERR_INVALID, "unknown mode '%s'", mode);
+    else return mk_op_fail(ctx, MASKD_ERR_INVALID, "unknown mode '%s'", mode);
     return MASKD_OK;
 }
 
@@ -116,8 +101,8 @@ static int parse_modern(mk_ctx *ctx, resize_attrs *a)
     size_t i = 0;
     while (i < sizeof coords / sizeof coords[0] && strcmp(coords[i].name, coord)) i++;
     if (i == sizeof coords / sizeof coords[0])
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED,
-                           "unsupported coordinate_transformation_mode '%s'", coord);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "unsupported coordinate_transformation_mode '%s'", coord);
     a->coord = coords[i].mode;
 
     const char *nearest = mk_attr_str(n, "nearest_mode", "round_prefer_floor");
@@ -125,56 +110,57 @@ static int parse_modern(mk_ctx *ctx, resize_attrs *a)
     else if (!strcmp(nearest, "round_prefer_ceil")) a->nearest = NEAREST_ROUND_PREFER_CEIL;
     else if (!strcmp(nearest, "floor")) a->nearest = NEAREST_FLOOR;
     else if (!strcmp(nearest, "ceil")) a->nearest = NEAREST_CEIL;
-    else return resize_fail(ctx, MASKD_ERR_INVALID, "unknown nearest_mode '%s'", nearest);
+    else return mk_op_fail(ctx, MASKD_ERR_INVALID, "unknown nearest_mode '%s'", nearest);
 
     a->cubic_a = mk_attr_float(n, "cubic_coeff_a", -0.75f);
     int64_t exclude = mk_attr_int(n, "exclude_outside", 0);
     if (exclude != 0 && exclude != 1)
-        return resize_fail(ctx, MASKD_ERR_INVALID, "exclude_outside must be 0 or 1");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "exclude_outside must be 0 or 1");
     a->exclude_outside = exclude;
     a->extrapolation = mk_attr_float(n, "extrapolation_value", 0.0f);
 
     /* Opset 18 additions, accepted only at their neutral values. */
     if (mk_attr_int(n, "antialias", 0) != 0)
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED, "antialias is not supported");
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "antialias is not supported");
     if (mk_attr_find(n, "axes"))
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED, "the axes attribute is not supported");
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "the axes attribute is not supported");
     const char *policy = mk_attr_str(n, "keep_aspect_ratio_policy", "stretch");
     if (strcmp(policy, "stretch"))
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED,
-                           "keep_aspect_ratio_policy '%s' is not supported", policy);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "keep_aspect_ratio_policy '%s' is not supported", policy);
     return MASKD_OK;
 }
 
 static int store_state(mk_ctx *ctx, const resize_attrs *a)
 {
     resize_attrs *state = malloc(sizeof *state);
-    if (!state) return resize_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    if (!state) return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
     *state = *a;
     ctx->node->state = state;
     return MASKD_OK;
 }
 
-static void legacy_defaults(resize_attrs *a)
+/* Upsample and Resize-10: only a mode, with fixed legacy semantics. */
+static int parse_legacy(mk_ctx *ctx, param_layout layout, resize_attrs *a)
 {
+    memset(a, 0, sizeof *a);
+    a->layout = layout;
     a->coord = COORD_ASYMMETRIC;
     a->nearest = NEAREST_LEGACY;
     a->cubic_a = -0.75;
+    return parse_mode(ctx, a, false);
 }
 
 static int upsample7_prepare(mk_ctx *ctx)
 {
     resize_attrs a;
-    memset(&a, 0, sizeof a);
-    legacy_defaults(&a);
-    a.layout = PARAMS_ATTR_SCALES;
-    int rc = parse_mode(ctx, &a, false);
+    int rc = parse_legacy(ctx, PARAMS_ATTR_SCALES, &a);
     if (rc) return rc;
     int n = mk_attr_floats(ctx->node, "scales", a.attr_scales, MASKD_MAX_DIMS);
-    if (n < 1) return resize_fail(ctx, MASKD_ERR_INVALID, "attribute scales is required");
+    if (n < 1) return mk_op_fail(ctx, MASKD_ERR_INVALID, "attribute scales is required");
     if (n > MASKD_MAX_DIMS)
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED, "%d scales; at most %d axes", n,
-                           MASKD_MAX_DIMS);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "%d scales; at most %d axes", n,
+                          MASKD_MAX_DIMS);
     a.n_attr_scales = n;
     return store_state(ctx, &a);
 }
@@ -182,12 +168,8 @@ static int upsample7_prepare(mk_ctx *ctx)
 static int legacy_input_prepare(mk_ctx *ctx)
 {
     resize_attrs a;
-    memset(&a, 0, sizeof a);
-    legacy_defaults(&a);
-    a.layout = PARAMS_INPUT_SCALES;
-    int rc = parse_mode(ctx, &a, false);
-    if (rc) return rc;
-    return store_state(ctx, &a);
+    int rc = parse_legacy(ctx, PARAMS_INPUT_SCALES, &a);
+    return rc ? rc : store_state(ctx, &a);
 }
 
 static int resize11_prepare(mk_ctx *ctx)
@@ -202,11 +184,6 @@ static int resize11_prepare(mk_ctx *ctx)
 
 /* ---- target shape ------------------------------------------------------- */
 
-static const mk_tensor *optional_input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
-}
-
 /* An omitted input and an empty tensor mean the same ("" vs. []). */
 static bool given(const mk_tensor *t)
 {
@@ -219,28 +196,27 @@ static int read_scales(mk_ctx *ctx, const resize_attrs *a, const mk_tensor *x,
     double values[MASKD_MAX_DIMS];
     if (a->layout == PARAMS_ATTR_SCALES) {
         if (a->n_attr_scales != x->ndim)
-            return resize_fail(ctx, MASKD_ERR_SHAPE, "%d scales for a %d-D input",
-                               a->n_attr_scales, x->ndim);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%d scales for a %d-D input", a->n_attr_scales,
+                              x->ndim);
         for (int i = 0; i < x->ndim; i++) values[i] = a->attr_scales[i];
     } else {
         if (scales->ndim < 0 || !scales->data) return MK_DYNAMIC;
         if (mk_numel(scales) != x->ndim)
-            return resize_fail(ctx, MASKD_ERR_SHAPE, "%lld scales for a %d-D input",
-                               (long long)mk_numel(scales), x->ndim);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%lld scales for a %d-D input",
+                              (long long)mk_numel(scales), x->ndim);
         if (scales->dtype != MASKD_FLOAT && scales->dtype != MASKD_DOUBLE)
-            return resize_fail(ctx, MASKD_ERR_INVALID, "scales must be float, got %s",
-                               maskd_dtype_name(scales->dtype));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "scales must be float, got %s",
+                              maskd_dtype_name(scales->dtype));
         for (int i = 0; i < x->ndim; i++) values[i] = mk_get_f64(scales, i);
     }
     for (int i = 0; i < x->ndim; i++) {
         axis_plan *ax = &plan->ax[i];
         const double s = values[i];
         if (!(s > 0.0) || !isfinite(s))
-            return resize_fail(ctx, MASKD_ERR_INVALID, "scale %g on axis %d is not positive",
-                               s, i);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "scale %g on axis %d is not positive", s, i);
         const double length = (double)x->dims[i] * s;
         if (length >= 9.0e15)
-            return resize_fail(ctx, MASKD_ERR_SHAPE, "scale %g on axis %d is too large", s, i);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "scale %g on axis %d is too large", s, i);
         ax->in = x->dims[i];
         ax->out = (int64_t)floor(length);
         ax->scale = s;
@@ -254,14 +230,14 @@ static int read_sizes(mk_ctx *ctx, const mk_tensor *x, const mk_tensor *sizes,
 {
     if (sizes->ndim < 0 || !sizes->data) return MK_DYNAMIC;
     if (mk_numel(sizes) != x->ndim)
-        return resize_fail(ctx, MASKD_ERR_SHAPE, "%lld sizes for a %d-D input",
-                           (long long)mk_numel(sizes), x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "%lld sizes for a %d-D input",
+                          (long long)mk_numel(sizes), x->ndim);
     for (int i = 0; i < x->ndim; i++) {
         axis_plan *ax = &plan->ax[i];
         const int64_t out = mk_get_i64(sizes, i);
         if (out < 0 || out > ((int64_t)1 << 40))
-            return resize_fail(ctx, MASKD_ERR_SHAPE, "size %lld on axis %d is out of range",
-                               (long long)out, i);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "size %lld on axis %d is out of range",
+                              (long long)out, i);
         ax->in = x->dims[i];
         ax->out = out;
         ax->scale = ax->in > 0 ? (double)out / (double)ax->in : 1.0;
@@ -275,53 +251,51 @@ static int read_sizes(mk_ctx *ctx, const mk_tensor *x, const mk_tensor *sizes,
  * them, so a computed roi must not make the node dynamic. */
 static int build_plan(mk_ctx *ctx, const resize_attrs *a, bool with_roi, resize_plan *plan)
 {
-    const mk_tensor *x = ctx->in[0];
+    mk_tensor *x;
     char shape[128];
-    if (!x) return resize_fail(ctx, MASKD_ERR_INVALID, "input X is missing");
+    int rc = mk_need_input(ctx, 0, &x);
+    if (rc) return rc;
     if (x->ndim < 1)
-        return resize_fail(ctx, MASKD_ERR_SHAPE, "input must have at least one axis, got %s",
-                           mk_shape_str(x, shape, sizeof shape));
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input must have at least one axis, got %s",
+                          mk_shape_str(x, shape, sizeof shape));
     plan->rank = x->ndim;
     for (int i = 0; i < x->ndim; i++) {
         plan->ax[i].roi_start = 0.0;
         plan->ax[i].roi_end = 1.0;
     }
 
-    int rc;
     if (a->layout == PARAMS_ATTR_SCALES) {
         rc = read_scales(ctx, a, x, NULL, plan);
     } else if (a->layout == PARAMS_INPUT_SCALES) {
-        const mk_tensor *scales = optional_input(ctx, 1);
-        if (!scales) return resize_fail(ctx, MASKD_ERR_INVALID, "input scales is missing");
+        mk_tensor *scales;
+        rc = mk_need_input(ctx, 1, &scales);
+        if (rc) return rc;
         rc = read_scales(ctx, a, x, scales, plan);
     } else {
-        const mk_tensor *scales = optional_input(ctx, 2), *sizes = optional_input(ctx, 3);
+        const mk_tensor *scales = mk_input(ctx, 2), *sizes = mk_input(ctx, 3);
         if (given(scales) && given(sizes))
-            return resize_fail(ctx, MASKD_ERR_INVALID,
-                               "only one of scales and sizes may be given");
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "only one of scales and sizes may be given");
         if (given(scales)) rc = read_scales(ctx, a, x, scales, plan);
         else if (given(sizes)) rc = read_sizes(ctx, x, sizes, plan);
-        else return resize_fail(ctx, MASKD_ERR_INVALID, "needs scales or sizes");
+        else return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs scales or sizes");
     }
     if (rc) return rc;
 
     for (int i = 0; i < x->ndim; i++)
         if (plan->ax[i].in == 0 && plan->ax[i].out > 0)
-            return resize_fail(ctx, MASKD_ERR_SHAPE,
-                               "cannot resize the empty axis %d of %s to %lld", i,
-                               mk_shape_str(x, shape, sizeof shape),
-                               (long long)plan->ax[i].out);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "cannot resize the empty axis %d of %s to %lld",
+                              i, mk_shape_str(x, shape, sizeof shape), (long long)plan->ax[i].out);
 
     if (a->coord == COORD_TF_CROP_AND_RESIZE) {
-        const mk_tensor *roi = optional_input(ctx, 1);
+        const mk_tensor *roi = mk_input(ctx, 1);
         if (!roi || (roi->ndim >= 0 && mk_numel(roi) != 2 * (int64_t)x->ndim) ||
             (with_roi && !roi->data))
-            return resize_fail(ctx, MASKD_ERR_INVALID,
-                               "tf_crop_and_resize needs roi with %d values", 2 * x->ndim);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "tf_crop_and_resize needs roi with %d values",
+                              2 * x->ndim);
         if (!with_roi) return MASKD_OK;
         if (roi->dtype != MASKD_FLOAT && roi->dtype != MASKD_DOUBLE)
-            return resize_fail(ctx, MASKD_ERR_INVALID, "roi must be float, got %s",
-                               maskd_dtype_name(roi->dtype));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "roi must be float, got %s",
+                              maskd_dtype_name(roi->dtype));
         for (int i = 0; i < x->ndim; i++) {
             plan->ax[i].roi_start = mk_get_f64(roi, i);
             plan->ax[i].roi_end = mk_get_f64(roi, x->ndim + i);
@@ -335,7 +309,6 @@ static int taps_of(interp_mode mode)
     return mode == MODE_NEAREST ? 1 : mode == MODE_LINEAR ? 2 : 4;
 }
 
-static size_t round_up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* Scratch for the per-axis tables. */
 static size_t tables_bytes(const resize_plan *plan, int taps)
@@ -343,9 +316,9 @@ static size_t tables_bytes(const resize_plan *plan, int taps)
     size_t total = 0;
     for (int i = 0; i < plan->rank; i++) {
         const size_t n = (size_t)plan->ax[i].out;
-        total += round_up64(n * (size_t)taps * sizeof(int64_t));
-        total += round_up64(n * (size_t)taps * sizeof(float));
-        total += round_up64(n);
+        total += mk_align64(n * (size_t)taps * sizeof(int64_t));
+        total += mk_align64(n * (size_t)taps * sizeof(float));
+        total += mk_align64(n);
     }
     return total;
 }
@@ -370,18 +343,18 @@ static bool dtype_ok(const resize_attrs *a, maskd_dtype t)
 static int resize_infer(mk_ctx *ctx)
 {
     const resize_attrs *a = ctx->node->state;
-    if (!a) return resize_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
+    if (!a) return mk_op_fail(ctx, MASKD_ERR_INVALID, "attributes were not prepared");
     resize_plan plan;
     int rc = build_plan(ctx, a, false, &plan);
     if (rc) return rc;
     const mk_tensor *x = ctx->in[0];
     if (!dtype_ok(a, x->dtype))
-        return resize_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported in %s mode",
-                           maskd_dtype_name(x->dtype),
-                           a->mode == MODE_NEAREST ? "nearest"
-                           : a->mode == MODE_LINEAR ? "linear" : "cubic");
-    mk_tensor *y = ctx->out[0];
-    if (!y) return resize_fail(ctx, MASKD_ERR_INVALID, "output Y is missing");
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input type %s is not supported in %s mode",
+                          maskd_dtype_name(x->dtype),
+                          a->mode == MODE_NEAREST ? "nearest"
+                          : a->mode == MODE_LINEAR ? "linear" : "cubic");
+    mk_tensor *y;
+    if ((rc = mk_need_output(ctx, 0, &y))) return rc;
     y->dtype = x->dtype;
     y->ndim = x->ndim;
     for (int i = 0; i < x->ndim; i++) y->dims[i] = plan.ax[i].out;
@@ -455,11 +428,11 @@ static void build_table(const resize_attrs *a, const axis_plan *ax, int64_t stri
     const int taps = taps_of(a->mode);
     const size_t n = (size_t)ax->out;
     t->offset = (int64_t *)*cursor;
-    *cursor += round_up64(n * (size_t)taps * sizeof(int64_t));
+    *cursor += mk_align64(n * (size_t)taps * sizeof(int64_t));
     t->weight = (float *)*cursor;
-    *cursor += round_up64(n * (size_t)taps * sizeof(float));
+    *cursor += mk_align64(n * (size_t)taps * sizeof(float));
     t->outside = (uint8_t *)*cursor;
-    *cursor += round_up64(n);
+    *cursor += mk_align64(n);
     t->any_outside = false;
 
     /* An axis whose every output maps exactly onto the same input index
@@ -793,14 +766,14 @@ static int resize_run(mk_ctx *ctx)
     const resize_attrs *a = ctx->node->state;
     resize_plan plan;
     int rc = build_plan(ctx, a, true, &plan);
-    if (rc) return rc == MK_DYNAMIC ? resize_fail(ctx, MASKD_ERR_RUNTIME,
-                                                  "scales or sizes missing at run time")
+    if (rc) return rc == MK_DYNAMIC ? mk_op_fail(ctx, MASKD_ERR_RUNTIME,
+                                                 "scales or sizes missing at run time")
                                     : rc;
     const mk_tensor *x = ctx->in[0];
     mk_tensor *y = ctx->out[0];
     if (mk_numel(y) == 0) return MASKD_OK;
     if (!ctx->scratch)
-        return resize_fail(ctx, MASKD_ERR_RUNTIME, "no scratch for the interpolation tables");
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "no scratch for the interpolation tables");
 
     resize_job job;
     memset(&job, 0, sizeof job);

@@ -13,89 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../mk.h"
+#include "common.h"
 
 /* ---- shared helpers ------------------------------------------------------ */
-
-static const mk_tensor *input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
-}
-
-static mk_tensor *output(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_out ? ctx->out[i] : NULL;
-}
-
-static const char *name_of(const mk_ctx *ctx)
-{
-    return ctx->node->name ? ctx->node->name : "";
-}
-
-/* The first input must exist, have a known shape and a type we can copy. */
-static int check_data_input(mk_ctx *ctx, const mk_tensor *x)
-{
-    if (!x)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing input 0",
-                       ctx->node->op_type, name_of(ctx));
-    if (x->ndim < 0) return MK_DYNAMIC;
-    if (maskd_dtype_size(x->dtype) == 0)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': element type %s is not supported", ctx->node->op_type,
-                       name_of(ctx), maskd_dtype_name(x->dtype));
-    return MASKD_OK;
-}
-
-static int need_output(mk_ctx *ctx, int i, mk_tensor **out)
-{
-    *out = output(ctx, i);
-    if (!*out)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': missing output %d",
-                       ctx->node->op_type, name_of(ctx), i);
-    return MASKD_OK;
-}
-
-/* Reads a 1-D integer input into vals (at most cap).  Returns MK_DYNAMIC
- * when its values are not known yet. */
-static int read_int_list(mk_ctx *ctx, const mk_tensor *t, const char *what, int64_t *vals,
-                         int cap, int *count)
-{
-    *count = 0;
-    if (t->ndim > 1 || t->ndim < 0)
-        return t->ndim < 0 ? MK_DYNAMIC
-                           : mk_fail(ctx->err, MASKD_ERR_INVALID,
-                                     "%s: node '%s': '%s' must be 1-D, got rank %d",
-                                     ctx->node->op_type, name_of(ctx), what, t->ndim);
-    int64_t n = mk_numel(t);
-    if (n > cap)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': '%s' has %lld values (at most %d)", ctx->node->op_type,
-                       name_of(ctx), what, (long long)n, cap);
-    if (!t->data) return MK_DYNAMIC;
-    for (int64_t i = 0; i < n; i++) vals[i] = mk_get_i64(t, i);
-    *count = (int)n;
-    return MASKD_OK;
-}
-
-/* Turns axes into [0, rank) and rejects repeats. */
-static int normalize_axes(mk_ctx *ctx, int64_t *axes, int n, int rank)
-{
-    bool seen[MASKD_MAX_DIMS] = {false};
-    for (int i = 0; i < n; i++) {
-        int64_t a = axes[i];
-        if (a < -rank || a >= rank)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "%s: node '%s': axis %lld is out of range for rank %d",
-                           ctx->node->op_type, name_of(ctx), (long long)a, rank);
-        if (a < 0) a += rank;
-        if (seen[a])
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': axis %lld repeats",
-                           ctx->node->op_type, name_of(ctx), (long long)axes[i]);
-        seen[a] = true;
-        axes[i] = a;
-    }
-    return MASKD_OK;
-}
 
 static void copy_data(mk_tensor *y, const mk_tensor *x)
 {
@@ -103,59 +23,34 @@ static void copy_data(mk_tensor *y, const mk_tensor *x)
     if (n && y->data != x->data) memmove(y->data, x->data, n);
 }
 
-/* Fills n elements of esize bytes with one element's bytes. */
-static void fill_elements(void *dst, const void *elem, size_t esize, int64_t n)
-{
-    if (n <= 0) return;
-    size_t total = (size_t)n * esize;
-    const unsigned char *e = elem;
-    bool zero = true;
-    for (size_t i = 0; i < esize; i++) zero = zero && e[i] == 0;
-    if (zero) {
-        memset(dst, 0, total);
-        return;
-    }
-    memcpy(dst, elem, esize);
-    /* Doubling copies keep the number of memcpy calls logarithmic. */
-    size_t done = esize;
-    while (done < total) {
-        size_t chunk = done < total - done ? done : total - done;
-        memcpy((unsigned char *)dst + done, dst, chunk);
-        done += chunk;
-    }
-}
-
-/* Same dims and dtype as x; the default for view-like ops. */
-static void set_like(mk_tensor *y, const mk_tensor *x)
+/* x's dtype with the shape given (x's own for Identity and the like). */
+static void set_view(mk_tensor *y, const mk_tensor *x, int ndim, const int64_t *dims)
 {
     y->dtype = x->dtype;
-    y->ndim = x->ndim;
-    memcpy(y->dims, x->dims, sizeof y->dims);
+    y->ndim = ndim;
+    memmove(y->dims, dims, (size_t)ndim * sizeof dims[0]);
 }
 
 /* ---- Reshape ------------------------------------------------------------- */
 
 static int reshape_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
     int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
 
     int64_t shape[MASKD_MAX_DIMS];
     int n = 0;
     if (ctx->node->opset < 5) {
         n = mk_attr_ints(ctx->node, "shape", shape, MASKD_MAX_DIMS);
         if (n < 0 || n > MASKD_MAX_DIMS)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "Reshape: node '%s': attribute 'shape' is missing or too long",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "attribute 'shape' is missing or too long");
     } else {
-        const mk_tensor *s = input(ctx, 1);
+        const mk_tensor *s = mk_input(ctx, 1);
         if (!s)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Reshape: node '%s': missing 'shape'",
-                           name_of(ctx));
-        if ((rc = read_int_list(ctx, s, "shape", shape, MASKD_MAX_DIMS, &n))) return rc;
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'shape'");
+        if ((rc = mk_read_int_list(ctx, s, "shape", shape, MASKD_MAX_DIMS, &n))) return rc;
     }
     bool allowzero = ctx->node->opset >= 14 && mk_attr_int(ctx->node, "allowzero", 0) != 0;
 
@@ -166,44 +61,38 @@ static int reshape_infer(mk_ctx *ctx)
         int64_t v = shape[i];
         if (v == 0 && !allowzero) {
             if (i >= x->ndim)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "Reshape: node '%s': shape[%d] = 0 copies a dimension the "
-                               "rank-%d input does not have",
-                               name_of(ctx), i, x->ndim);
+                return mk_op_fail(ctx, MASKD_ERR_INVALID,
+                                  "shape[%d] = 0 copies a dimension the "
+                                  "rank-%d input does not have",
+                                  i, x->ndim);
             v = x->dims[i];
         } else if (v == -1) {
             if (infer_at >= 0)
-                return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                               "Reshape: node '%s': more than one -1 in shape", name_of(ctx));
+                return mk_op_fail(ctx, MASKD_ERR_INVALID, "more than one -1 in shape");
             infer_at = i;
             continue;
         } else if (v < 0) {
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "Reshape: node '%s': invalid dimension %lld in shape", name_of(ctx),
-                           (long long)v);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "invalid dimension %lld in shape",
+                              (long long)v);
         }
         dims[i] = v;
         if (__builtin_mul_overflow(known, v, &known))
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Reshape: node '%s': shape overflows",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "shape overflows");
     }
     if (infer_at >= 0) {
         if (known == 0 || total % known)
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Reshape: node '%s': cannot infer -1 for %lld elements from the "
-                           "other dimensions' product %lld",
-                           name_of(ctx), (long long)total, (long long)known);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "cannot infer -1 for %lld elements from the "
+                              "other dimensions' product %lld",
+                              (long long)total, (long long)known);
         dims[infer_at] = total / known;
     } else if (known != total) {
         char buf[128];
-        return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                       "Reshape: node '%s': cannot reshape %s (%lld elements) into %lld elements",
-                       name_of(ctx), mk_shape_str(x, buf, sizeof buf), (long long)total,
-                       (long long)known);
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                          "cannot reshape %s (%lld elements) into %lld elements",
+                          mk_shape_str(x, buf, sizeof buf), (long long)total, (long long)known);
     }
-    y->dtype = x->dtype;
-    y->ndim = n;
-    memcpy(y->dims, dims, (size_t)n * sizeof dims[0]);
+    set_view(y, x, n, dims);
     return MASKD_OK;
 }
 
@@ -217,55 +106,50 @@ static int copy_run(mk_ctx *ctx)
 
 static int flatten_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
     int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
     int64_t axis = mk_attr_int(ctx->node, "axis", 1);
     if (axis < -x->ndim || axis > x->ndim)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Flatten: node '%s': axis %lld is out of range for rank %d",
-                       name_of(ctx), (long long)axis, x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "axis %lld is out of range for rank %d",
+                          (long long)axis, x->ndim);
     if (axis < 0) axis += x->ndim;
     int64_t outer = 1, inner = 1;
     for (int i = 0; i < x->ndim; i++) *(i < axis ? &outer : &inner) *= x->dims[i];
-    y->dtype = x->dtype;
-    y->ndim = 2;
-    y->dims[0] = outer;
-    y->dims[1] = inner;
+    set_view(y, x, 2, (int64_t[]){outer, inner});
     return MASKD_OK;
 }
 
 /* ---- Squeeze / Unsqueeze ------------------------------------------------- */
 
-/* Axes from the attribute (before opset 13) or the second input.  *n = -1
- * when none are given. */
-static int squeeze_axes(mk_ctx *ctx, int64_t *axes, int cap, int *n)
+/* Input, output and axes of Squeeze / Unsqueeze; the axes come from the
+ * attribute before opset 13, from the second input since.  *n = -1 when
+ * none are given. */
+static int squeeze_start(mk_ctx *ctx, const mk_tensor **x, mk_tensor **y, int64_t *axes, int *n)
 {
     *n = -1;
+    int rc;
+    if ((rc = mk_need_data_input(ctx, 0, x)) || (rc = mk_need_output(ctx, 0, y))) return rc;
     if (ctx->node->opset < 13) {
-        int count = mk_attr_ints(ctx->node, "axes", axes, cap);
-        if (count > cap)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "%s: node '%s': too many axes",
-                           ctx->node->op_type, name_of(ctx));
+        int count = mk_attr_ints(ctx->node, "axes", axes, MASKD_MAX_DIMS);
+        if (count > MASKD_MAX_DIMS)
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "too many axes");
         *n = count;
         return MASKD_OK;
     }
-    const mk_tensor *a = input(ctx, 1);
-    if (!a) return MASKD_OK;
-    return read_int_list(ctx, a, "axes", axes, cap, n);
+    const mk_tensor *a = mk_input(ctx, 1);
+    return a ? mk_read_int_list(ctx, a, "axes", axes, MASKD_MAX_DIMS, n) : MASKD_OK;
 }
 
 static int squeeze_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
-    int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
     int64_t axes[MASKD_MAX_DIMS];
-    int n;
-    if ((rc = squeeze_axes(ctx, axes, MASKD_MAX_DIMS, &n))) return rc;
-    if ((rc = normalize_axes(ctx, axes, n < 0 ? 0 : n, x->ndim))) return rc;
+    int n, rc;
+    if ((rc = squeeze_start(ctx, &x, &y, axes, &n))) return rc;
+    if ((rc = mk_normalize_axes(ctx, axes, n < 0 ? 0 : n, x->ndim))) return rc;
 
     bool drop[MASKD_MAX_DIMS] = {false};
     if (n < 0) {
@@ -274,9 +158,8 @@ static int squeeze_infer(mk_ctx *ctx)
         for (int i = 0; i < n; i++) {
             if (x->dims[axes[i]] != 1) {
                 char buf[128];
-                return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                               "Squeeze: node '%s': axis %lld of %s is not 1", name_of(ctx),
-                               (long long)axes[i], mk_shape_str(x, buf, sizeof buf));
+                return mk_op_fail(ctx, MASKD_ERR_SHAPE, "axis %lld of %s is not 1",
+                                  (long long)axes[i], mk_shape_str(x, buf, sizeof buf));
             }
             drop[axes[i]] = true;
         }
@@ -285,36 +168,30 @@ static int squeeze_infer(mk_ctx *ctx)
     int64_t dims[MASKD_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++)
         if (!drop[i]) dims[r++] = x->dims[i];
-    y->dtype = x->dtype;
-    y->ndim = r;
-    memcpy(y->dims, dims, (size_t)r * sizeof dims[0]);
+    set_view(y, x, r, dims);
     return MASKD_OK;
 }
 
 static int unsqueeze_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
-    int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
     int64_t axes[MASKD_MAX_DIMS];
-    int n;
-    if ((rc = squeeze_axes(ctx, axes, MASKD_MAX_DIMS, &n))) return rc;
+    int n, rc;
+    if ((rc = squeeze_start(ctx, &x, &y, axes, &n))) return rc;
     if (n < 0)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Unsqueeze: node '%s': 'axes' is required",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "'axes' is required");
     int rank = x->ndim + n;
     if (rank > MASKD_MAX_DIMS)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "Unsqueeze: node '%s': result has rank %d (at most %d)", name_of(ctx),
-                       rank, MASKD_MAX_DIMS);
-    if ((rc = normalize_axes(ctx, axes, n, rank))) return rc;
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "result has rank %d (at most %d)", rank,
+                          MASKD_MAX_DIMS);
+    if ((rc = mk_normalize_axes(ctx, axes, n, rank))) return rc;
     bool inserted[MASKD_MAX_DIMS] = {false};
     for (int i = 0; i < n; i++) inserted[axes[i]] = true;
     int src = 0;
-    for (int i = 0; i < rank; i++) y->dims[i] = inserted[i] ? 1 : x->dims[src++];
-    y->dtype = x->dtype;
-    y->ndim = rank;
+    int64_t dims[MASKD_MAX_DIMS];
+    for (int i = 0; i < rank; i++) dims[i] = inserted[i] ? 1 : x->dims[src++];
+    set_view(y, x, rank, dims);
     return MASKD_OK;
 }
 
@@ -336,13 +213,9 @@ static void shape_range(const mk_ctx *ctx, int rank, int64_t *start, int64_t *en
 
 static int shape_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
-    mk_tensor *y;
+    mk_tensor *x, *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y))) return rc;
-    if (!x)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Shape: node '%s': missing input",
-                       name_of(ctx));
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = mk_need_input(ctx, 0, &x))) return rc;
     if (x->ndim < 0) return MK_DYNAMIC;
     int64_t start, end;
     shape_range(ctx, x->ndim, &start, &end);
@@ -364,13 +237,9 @@ static int shape_run(mk_ctx *ctx)
 
 static int size_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
-    mk_tensor *y;
+    mk_tensor *x, *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y))) return rc;
-    if (!x)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Size: node '%s': missing input",
-                       name_of(ctx));
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = mk_need_input(ctx, 0, &x))) return rc;
     if (x->ndim < 0) return MK_DYNAMIC;
     y->dtype = MASKD_INT64;
     y->ndim = 0;
@@ -387,11 +256,11 @@ static int size_run(mk_ctx *ctx)
 
 static int identity_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x;
     mk_tensor *y;
     int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
-    set_like(y, x);
+    if ((rc = mk_need_data_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
+    set_view(y, x, x->ndim, x->dims);
     return MASKD_OK;
 }
 
@@ -399,13 +268,11 @@ static int identity_infer(mk_ctx *ctx)
 static int dropout_check_mode(mk_ctx *ctx)
 {
     if (ctx->node->opset < 12) return MASKD_OK;
-    const mk_tensor *training = input(ctx, 2);
+    const mk_tensor *training = mk_input(ctx, 2);
     if (!training || !training->data || mk_numel(training) < 1) return MASKD_OK;
     if (mk_get_i64(training, 0) != 0)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "Dropout: node '%s': training_mode = true is not supported (inference "
-                       "engine)",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
+                          "training_mode = true is not supported (inference engine)");
     return MASKD_OK;
 }
 
@@ -414,9 +281,9 @@ static int dropout_infer(mk_ctx *ctx)
     int rc = identity_infer(ctx);
     if (rc) return rc;
     if ((rc = dropout_check_mode(ctx))) return rc;
-    mk_tensor *mask = output(ctx, 1);
+    mk_tensor *mask = mk_output(ctx, 1);
     if (mask) {
-        set_like(mask, ctx->in[0]);
+        set_view(mask, ctx->in[0], ctx->in[0]->ndim, ctx->in[0]->dims);
         /* Before opset 10 the mask had the data's type. */
         if (ctx->node->opset >= 10) mask->dtype = MASKD_BOOL;
     }
@@ -441,11 +308,11 @@ static int dropout_run(mk_ctx *ctx)
     int rc = dropout_check_mode(ctx);
     if (rc) return rc;
     copy_data(ctx->out[0], ctx->in[0]);
-    mk_tensor *mask = output(ctx, 1);
+    mk_tensor *mask = mk_output(ctx, 1);
     if (mask) {
         unsigned char one[8];
         store_one(mask->dtype, one);
-        fill_elements(mask->data, one, maskd_dtype_size(mask->dtype), mk_numel(mask));
+        mk_fill_elements(mask->data, one, maskd_dtype_size(mask->dtype), mk_numel(mask));
     }
     return MASKD_OK;
 }
@@ -481,21 +348,17 @@ static int constant_view(mk_ctx *ctx, mk_tensor *t)
             t->dims[0] = a->n;
             t->data = a->ints;
         } else if (!strcmp(a->name, "sparse_value")) {
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "Constant: node '%s': sparse_value is not supported", name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "sparse_value is not supported");
         } else if (!strncmp(a->name, "value_string", 12)) {
-            return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                           "Constant: node '%s': string constants are not supported",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "string constants are not supported");
         } else {
             continue;
         }
         found++;
     }
     if (found != 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "Constant: node '%s': needs exactly one value attribute, found %d",
-                       name_of(ctx), found);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs exactly one value attribute, found %d",
+                          found);
     return MASKD_OK;
 }
 
@@ -509,8 +372,8 @@ static int constant_infer(mk_ctx *ctx)
 {
     mk_tensor view, *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y)) || (rc = constant_view(ctx, &view))) return rc;
-    set_like(y, &view);
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = constant_view(ctx, &view))) return rc;
+    set_view(y, &view, view.ndim, view.dims);
     return MASKD_OK;
 }
 
@@ -532,14 +395,11 @@ static int constant_of_shape_value(mk_ctx *ctx, maskd_dtype *dt, unsigned char e
     *dt = MASKD_FLOAT;
     if (!a) return MASKD_OK;
     if (a->type != MK_ATTR_TENSOR || !a->t || mk_numel(a->t) != 1)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "ConstantOfShape: node '%s': 'value' must be a one-element tensor",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "'value' must be a one-element tensor");
     size_t es = maskd_dtype_size(a->t->dtype);
     if (es == 0 || es > 8)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "ConstantOfShape: node '%s': value type %s is not supported",
-                       name_of(ctx), maskd_dtype_name(a->t->dtype));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "value type %s is not supported",
+                          maskd_dtype_name(a->t->dtype));
     *dt = a->t->dtype;
     memcpy(elem, a->t->data, es);
     return MASKD_OK;
@@ -554,24 +414,19 @@ static int constant_of_shape_prepare(mk_ctx *ctx)
 
 static int constant_of_shape_infer(mk_ctx *ctx)
 {
-    const mk_tensor *s = input(ctx, 0);
-    mk_tensor *y;
+    mk_tensor *s, *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y))) return rc;
-    if (!s)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "ConstantOfShape: node '%s': missing input",
-                       name_of(ctx));
+    if ((rc = mk_need_output(ctx, 0, &y)) || (rc = mk_need_input(ctx, 0, &s))) return rc;
     unsigned char elem[8];
     maskd_dtype dt;
     if ((rc = constant_of_shape_value(ctx, &dt, elem))) return rc;
     int64_t dims[MASKD_MAX_DIMS];
     int n = 0;
-    if ((rc = read_int_list(ctx, s, "input", dims, MASKD_MAX_DIMS, &n))) return rc;
+    if ((rc = mk_read_int_list(ctx, s, "input", dims, MASKD_MAX_DIMS, &n))) return rc;
     for (int i = 0; i < n; i++)
         if (dims[i] < 0)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "ConstantOfShape: node '%s': negative dimension %lld", name_of(ctx),
-                           (long long)dims[i]);
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "negative dimension %lld",
+                              (long long)dims[i]);
     y->dtype = dt;
     y->ndim = n;
     memcpy(y->dims, dims, (size_t)n * sizeof dims[0]);
@@ -584,51 +439,11 @@ static int constant_of_shape_run(mk_ctx *ctx)
     maskd_dtype dt;
     int rc = constant_of_shape_value(ctx, &dt, elem);
     if (rc) return rc;
-    fill_elements(ctx->out[0]->data, elem, maskd_dtype_size(dt), mk_numel(ctx->out[0]));
+    mk_fill_elements(ctx->out[0]->data, elem, maskd_dtype_size(dt), mk_numel(ctx->out[0]));
     return MASKD_OK;
 }
 
 /* ---- Cast ---------------------------------------------------------------- */
-
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        /* Zero or subnormal: mant units of 2^-24, exact in float. */
-        float f = (float)mant * 0x1p-24f;
-        return sign ? -f : f;
-    }
-    if (exp == 31)
-        bits = sign | 0x7f800000u | (mant << 13);
-    else
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-/* Round to nearest even, as numpy's astype(float16) does. */
-static uint16_t float_to_half(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
-    if (ax < 0x38800000u) {
-        /* Below 2^-14: a subnormal half, counted in units of 2^-24.  Scaling
-         * by a power of two is exact, so rintf does the only rounding. */
-        float a;
-        memcpy(&a, &ax, sizeof a);
-        return (uint16_t)(sign | (uint16_t)rintf(a * 0x1p24f));
-    }
-    uint32_t h = (((ax >> 23) - 112) << 10) | ((ax >> 13) & 0x3ff);
-    uint32_t rest = ax & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++; /* carries into the exponent */
-    return (uint16_t)(sign | h);
-}
 
 static bool is_float_type(maskd_dtype t)
 {
@@ -641,7 +456,7 @@ static void load_f64(maskd_dtype t, const void *src, int64_t at, int n, double *
     case MASKD_FLOAT: for (int i = 0; i < n; i++) buf[i] = ((const float *)src)[at + i]; break;
     case MASKD_DOUBLE: for (int i = 0; i < n; i++) buf[i] = ((const double *)src)[at + i]; break;
     case MASKD_FLOAT16:
-        for (int i = 0; i < n; i++) buf[i] = half_to_float(((const uint16_t *)src)[at + i]);
+        for (int i = 0; i < n; i++) buf[i] = mk_half_to_float(((const uint16_t *)src)[at + i]);
         break;
     case MASKD_UINT64:
         for (int i = 0; i < n; i++) buf[i] = (double)((const uint64_t *)src)[at + i];
@@ -664,63 +479,6 @@ static void load_i64(maskd_dtype t, const void *src, int64_t at, int n, int64_t 
     for (int i = 0; i < n; i++) buf[i] = mk_get_i64(&view, at + i);
 }
 
-/* Out-of-range float to int conversion is undefined in C; saturate instead
- * (the ONNX spec leaves the result undefined too). */
-static int64_t f64_to_i64(double v)
-{
-    if (v != v) return 0;
-    if (v >= 9223372036854775807.0) return INT64_MAX;
-    if (v <= -9223372036854775808.0) return INT64_MIN;
-    return (int64_t)v;
-}
-
-static void store_i64(maskd_dtype t, void *dst, int64_t at, int n, const int64_t *buf)
-{
-#define STORE(T, EXPR)                                                          \
-    for (int i = 0; i < n; i++) {                                               \
-        int64_t v = buf[i];                                                     \
-        ((T *)dst)[at + i] = (EXPR);                                            \
-    }                                                                           \
-    break;
-    switch (t) {
-    case MASKD_INT64: memcpy((int64_t *)dst + at, buf, (size_t)n * sizeof *buf); break;
-    case MASKD_UINT64: STORE(uint64_t, (uint64_t)v)
-    case MASKD_INT32: STORE(int32_t, (int32_t)v)
-    case MASKD_UINT32: STORE(uint32_t, (uint32_t)v)
-    case MASKD_INT16: STORE(int16_t, (int16_t)v)
-    case MASKD_UINT16: STORE(uint16_t, (uint16_t)v)
-    case MASKD_INT8: STORE(int8_t, (int8_t)v)
-    case MASKD_UINT8: STORE(uint8_t, (uint8_t)v)
-    case MASKD_BOOL: STORE(uint8_t, v != 0)
-    case MASKD_FLOAT: STORE(float, (float)v)
-    case MASKD_DOUBLE: STORE(double, (double)v)
-    case MASKD_FLOAT16: STORE(uint16_t, float_to_half((float)v))
-    default: break;
-    }
-#undef STORE
-}
-
-static void store_f64(maskd_dtype t, void *dst, int64_t at, int n, const double *buf)
-{
-    switch (t) {
-    case MASKD_FLOAT: for (int i = 0; i < n; i++) ((float *)dst)[at + i] = (float)buf[i]; break;
-    case MASKD_DOUBLE: memcpy((double *)dst + at, buf, (size_t)n * sizeof *buf); break;
-    case MASKD_FLOAT16:
-        for (int i = 0; i < n; i++) ((uint16_t *)dst)[at + i] = float_to_half((float)buf[i]);
-        break;
-    case MASKD_BOOL: for (int i = 0; i < n; i++) ((uint8_t *)dst)[at + i] = buf[i] != 0; break;
-    default: {
-        int64_t tmp[256];
-        for (int done = 0; done < n; done += 256) {
-            int m = n - done < 256 ? n - done : 256;
-            for (int i = 0; i < m; i++) tmp[i] = f64_to_i64(buf[done + i]);
-            store_i64(t, dst, at + done, m, tmp);
-        }
-        break;
-    }
-    }
-}
-
 typedef struct cast_job {
     maskd_dtype from, to;
     const void *src;
@@ -736,12 +494,12 @@ static void cast_range(void *arg, int64_t begin, int64_t end, int slot)
     bool exact_int = !is_float_type(j->from) && !is_float_type(j->to) && j->from != MASKD_UINT64;
     if (j->from == MASKD_FLOAT && j->to == MASKD_FLOAT16) {
         for (int64_t i = begin; i < end; i++)
-            ((uint16_t *)j->dst)[i] = float_to_half(((const float *)j->src)[i]);
+            ((uint16_t *)j->dst)[i] = mk_float_to_half(((const float *)j->src)[i]);
         return;
     }
     if (j->from == MASKD_FLOAT16 && j->to == MASKD_FLOAT) {
         for (int64_t i = begin; i < end; i++)
-            ((float *)j->dst)[i] = half_to_float(((const uint16_t *)j->src)[i]);
+            ((float *)j->dst)[i] = mk_half_to_float(((const uint16_t *)j->src)[i]);
         return;
     }
     for (int64_t at = begin; at < end; at += CHUNK) {
@@ -749,11 +507,11 @@ static void cast_range(void *arg, int64_t begin, int64_t end, int slot)
         if (exact_int) {
             int64_t buf[CHUNK];
             load_i64(j->from, j->src, at, n, buf);
-            store_i64(j->to, j->dst, at, n, buf);
+            mk_store_i64(j->to, j->dst, at, n, buf);
         } else {
             double buf[CHUNK];
             load_f64(j->from, j->src, at, n, buf);
-            store_f64(j->to, j->dst, at, n, buf);
+            mk_store_f64(j->to, j->dst, at, n, buf);
         }
     }
 }
@@ -761,13 +519,10 @@ static void cast_range(void *arg, int64_t begin, int64_t end, int slot)
 static int cast_check_types(mk_ctx *ctx, maskd_dtype from, int64_t to)
 {
     if (to == MASKD_STRING || from == MASKD_STRING)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': casts to or from string are not supported",
-                       ctx->node->op_type, name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "casts to or from string are not supported");
     if (to < 0 || to > MASKD_UINT64 || maskd_dtype_size((maskd_dtype)to) == 0)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': cast to type %lld is not supported", ctx->node->op_type,
-                       name_of(ctx), (long long)to);
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "cast to type %lld is not supported",
+                          (long long)to);
     return MASKD_OK;
 }
 
@@ -776,15 +531,13 @@ static int cast_target(mk_ctx *ctx, maskd_dtype *to)
     *to = MASKD_UNDEFINED;
     int64_t t;
     if (!strcmp(ctx->node->op_type, "CastLike")) {
-        const mk_tensor *like = input(ctx, 1);
+        const mk_tensor *like = mk_input(ctx, 1);
         if (!like)
-            return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                           "CastLike: node '%s': missing 'target_type'", name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'target_type'");
         t = like->dtype;
     } else {
         if (!mk_attr_find(ctx->node, "to"))
-            return mk_fail(ctx->err, MASKD_ERR_INVALID, "Cast: node '%s': missing 'to'",
-                           name_of(ctx));
+            return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'to'");
         t = mk_attr_int(ctx->node, "to", 0);
     }
     int rc = cast_check_types(ctx, ctx->in[0]->dtype, t);
@@ -796,7 +549,7 @@ static int cast_target(mk_ctx *ctx, maskd_dtype *to)
 /* At load: a cast the engine cannot do fails here, not on the first request. */
 static int cast_prepare(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0), *like = input(ctx, 1);
+    const mk_tensor *x = mk_input(ctx, 0), *like = mk_input(ctx, 1);
     maskd_dtype from = x ? x->dtype : MASKD_UNDEFINED;
     if (!strcmp(ctx->node->op_type, "CastLike")) {
         if (like && like->dtype != MASKD_UNDEFINED)
@@ -804,23 +557,22 @@ static int cast_prepare(mk_ctx *ctx)
         return from == MASKD_STRING ? cast_check_types(ctx, from, MASKD_FLOAT) : MASKD_OK;
     }
     if (!mk_attr_find(ctx->node, "to"))
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Cast: node '%s': missing 'to'",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'to'");
     return cast_check_types(ctx, from, mk_attr_int(ctx->node, "to", 0));
 }
 
 static int cast_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0);
+    const mk_tensor *x = mk_input(ctx, 0);
     mk_tensor *y;
     int rc;
-    if ((rc = need_output(ctx, 0, &y))) return rc;
+    if ((rc = mk_need_output(ctx, 0, &y))) return rc;
     if (x && x->dtype == MASKD_STRING)
         return cast_check_types(ctx, x->dtype, MASKD_FLOAT);
-    if ((rc = check_data_input(ctx, x))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x))) return rc;
     maskd_dtype to;
     if ((rc = cast_target(ctx, &to))) return rc;
-    set_like(y, x);
+    set_view(y, x, x->ndim, x->dims);
     y->dtype = to;
     return MASKD_OK;
 }
@@ -842,16 +594,15 @@ static int cast_run(mk_ctx *ctx)
 
 static int expand_infer(mk_ctx *ctx)
 {
-    const mk_tensor *x = input(ctx, 0), *s = input(ctx, 1);
+    const mk_tensor *x, *s = mk_input(ctx, 1);
     mk_tensor *y;
     int rc;
-    if ((rc = check_data_input(ctx, x)) || (rc = need_output(ctx, 0, &y))) return rc;
+    if ((rc = mk_need_data_input(ctx, 0, &x)) || (rc = mk_need_output(ctx, 0, &y))) return rc;
     if (!s)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID, "Expand: node '%s': missing 'shape'",
-                       name_of(ctx));
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "missing 'shape'");
     int64_t shape[MASKD_MAX_DIMS];
     int n = 0;
-    if ((rc = read_int_list(ctx, s, "shape", shape, MASKD_MAX_DIMS, &n))) return rc;
+    if ((rc = mk_read_int_list(ctx, s, "shape", shape, MASKD_MAX_DIMS, &n))) return rc;
     int rank = n > x->ndim ? n : x->ndim;
     int64_t dims[MASKD_MAX_DIMS];
     for (int i = 0; i < rank; i++) {
@@ -859,16 +610,13 @@ static int expand_infer(mk_ctx *ctx)
         int64_t a = xi >= 0 ? x->dims[xi] : 1, b = si >= 0 ? shape[si] : 1;
         if (b < 0 || (a != b && a != 1 && b != 1)) {
             char buf[128];
-            return mk_fail(ctx->err, MASKD_ERR_SHAPE,
-                           "Expand: node '%s': cannot broadcast %s to shape value %lld at "
-                           "axis %d",
-                           name_of(ctx), mk_shape_str(x, buf, sizeof buf), (long long)b, i);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE,
+                              "cannot broadcast %s to shape value %lld at axis %d",
+                              mk_shape_str(x, buf, sizeof buf), (long long)b, i);
         }
         dims[i] = a == 1 ? b : a;
     }
-    y->dtype = x->dtype;
-    y->ndim = rank;
-    memcpy(y->dims, dims, (size_t)rank * sizeof dims[0]);
+    set_view(y, x, rank, dims);
     return MASKD_OK;
 }
 
@@ -905,7 +653,7 @@ static void expand_rows(void *arg, int64_t begin, int64_t end, int slot)
         if (j->stride[last])
             memcpy(d, s, (size_t)len * es);
         else
-            fill_elements(d, s, es, len);
+            mk_fill_elements(d, s, es, len);
         for (int k = last - 1; k >= 0; k--) {
             if (++coord[k] < j->dims[k]) break;
             coord[k] = 0;
@@ -947,9 +695,8 @@ static int expand_run(mk_ctx *ctx)
         memcpy(y->data, x->data, j.esize);
         return MASKD_OK;
     }
-    int64_t rows = total / j.dims[j.rank - 1];
-    int64_t grain = (1 << 15) / (int64_t)(j.dims[j.rank - 1] * (int64_t)j.esize) + 1;
-    mk_parallel_for(ctx->pool, rows, grain, expand_rows, &j);
+    int64_t len = j.dims[j.rank - 1];
+    mk_parallel_for(ctx->pool, total / len, mk_row_grain(len, j.esize), expand_rows, &j);
     return MASKD_OK;
 }
 

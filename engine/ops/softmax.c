@@ -2,7 +2,7 @@
  * Softmax, LogSoftmax and Hardmax (1 at the first maximum of each vector).
  *
  * Before opset 13 the input is coerced to 2-D at `axis` (default 1) and each
- * row of prod(dims[axis:]) elements is normalized as one vector; from opset
+ * row of mk_dims_product(dims[axis:]) elements is normalized as one vector; from opset
  * 13 only the single axis `axis` (default -1) is.  Both are the same loop
  * over a view [outer, len, inner]: the old form is inner = 1 with len the
  * product of the trailing dimensions.
@@ -19,23 +19,13 @@
 #include <math.h>
 #include <string.h>
 
-#include "../mk.h"
-
-/* x[i] = e^x[i] for arguments <= 0, vectorized (ops/activation.c); its
- * prototype belongs in mk.h. */
+#include "common.h"
 
 enum { GRAIN = 16384, COLS = 256 };
 
 typedef struct sm_view {
     int64_t outer, len, inner;
 } sm_view;
-
-static int64_t prod(const int64_t *dims, int from, int to)
-{
-    int64_t p = 1;
-    for (int i = from; i < to; i++) p *= dims[i];
-    return p;
-}
 
 static int64_t softmax_axis(const mk_ctx *ctx)
 {
@@ -49,12 +39,12 @@ static sm_view view_of(const mk_ctx *ctx)
     const mk_tensor *x = ctx->in[0];
     int axis = (int)softmax_axis(ctx);
     sm_view v;
-    v.outer = prod(x->dims, 0, axis);
+    v.outer = mk_dims_product(x->dims, 0, axis);
     if (ctx->node->opset >= 13) {
         v.len = x->dims[axis];
-        v.inner = prod(x->dims, axis + 1, x->ndim);
+        v.inner = mk_dims_product(x->dims, axis + 1, x->ndim);
     } else {
-        v.len = prod(x->dims, axis, x->ndim);
+        v.len = mk_dims_product(x->dims, axis, x->ndim);
         v.inner = 1;
     }
     return v;
@@ -63,18 +53,16 @@ static sm_view view_of(const mk_ctx *ctx)
 static int check_dtype(mk_ctx *ctx, maskd_dtype t)
 {
     if (t != MASKD_FLOAT)
-        return mk_fail(ctx->err, MASKD_ERR_UNSUPPORTED,
-                       "%s: node '%s': input is %s; only float is supported",
-                       ctx->node->op_type, ctx->node->name, maskd_dtype_name(t));
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "input is %s; only float is supported",
+                          maskd_dtype_name(t));
     return MASKD_OK;
 }
 
 /* At load only graph inputs and initializers have a known type. */
 static int softmax_prepare(mk_ctx *ctx)
 {
-    if (ctx->n_in >= 1 && ctx->in[0] && ctx->in[0]->dtype != MASKD_UNDEFINED)
-        return check_dtype(ctx, ctx->in[0]->dtype);
-    return MASKD_OK;
+    maskd_dtype t = mk_known_dtype(ctx, 0);
+    return t == MASKD_UNDEFINED ? MASKD_OK : check_dtype(ctx, t);
 }
 
 static int softmax_infer(mk_ctx *ctx)
@@ -86,9 +74,8 @@ static int softmax_infer(mk_ctx *ctx)
     int64_t axis = mk_attr_int(ctx->node, "axis", ctx->node->opset >= 13 ? -1 : 1);
     /* ONNX limits axis to [-r, r-1] in every version; a scalar has none. */
     if (x->ndim == 0 || axis < -x->ndim || axis >= x->ndim)
-        return mk_fail(ctx->err, MASKD_ERR_INVALID,
-                       "%s: node '%s': axis %lld is out of range for rank %d",
-                       ctx->node->op_type, ctx->node->name, (long long)axis, x->ndim);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "axis %lld is out of range for rank %d",
+                          (long long)axis, x->ndim);
     return MASKD_OK;
 }
 
