@@ -180,13 +180,19 @@ static bn_layout bn_layout_of(const mk_ctx *ctx)
     return l;
 }
 
+/* training_mode=1 (opset 14+) normalises with the batch's own statistics
+ * and also returns the updated running mean and variance; the older
+ * opsets' training outputs (saved mean / inverse std) are not produced. */
+static bool batchnorm_training(const mk_ctx *ctx)
+{
+    return ctx->node->opset >= 14 && mk_attr_int(ctx->node, "training_mode", 0) != 0;
+}
+
 static int batchnorm_check_mode(mk_ctx *ctx)
 {
-    if (ctx->node->opset >= 14 && mk_attr_int(ctx->node, "training_mode", 0) != 0)
-        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED,
-                          "training_mode=1 is not supported "
-                          "(inference engine; export the model in eval mode)");
-    return refuse_extra_outputs(ctx, 1, "running/saved statistics are training-only");
+    if (batchnorm_training(ctx)) return refuse_extra_outputs(ctx, 3, "no such output");
+    return refuse_extra_outputs(ctx, 1, "running/saved statistics are produced only with "
+                                        "training_mode=1 (opset 14+)");
 }
 
 static int batchnorm_prepare(mk_ctx *ctx)
@@ -206,6 +212,8 @@ static int batchnorm_infer(mk_ctx *ctx)
     for (int i = 1; i < 5; i++)
         if ((rc = check_param_count(ctx, i, names[i], l.channels))) return rc;
     copy_shape(ctx->out[0], ctx->in[0]);
+    for (int o = 1; o < 3 && o < ctx->n_out; o++)
+        if (ctx->out[o]) copy_shape(ctx->out[o], ctx->in[2 + o]);
     return MASKD_OK;
 }
 
@@ -215,6 +223,9 @@ typedef struct bn_job {
     float *y;
     bn_layout l;
     float eps;
+    /* training mode */
+    float momentum;
+    float *running_mean, *running_var;
 } bn_job;
 
 static void batchnorm_range(void *arg, int64_t begin, int64_t end, int slot)
@@ -229,6 +240,37 @@ static void batchnorm_range(void *arg, int64_t begin, int64_t end, int slot)
     }
 }
 
+/* Training mode: one task per channel, statistics over batch and space. */
+static void batchnorm_training_range(void *arg, int64_t begin, int64_t end, int slot)
+{
+    (void)slot;
+    const bn_job *j = arg;
+    const bn_layout *l = &j->l;
+    for (int64_t c = begin; c < end; c++) {
+        double sum = 0, sq = 0;
+        int64_t count = l->batch * l->inner;
+        for (int64_t n = 0; n < l->batch; n++) {
+            const float *x = j->x + (n * l->channels + c) * l->inner;
+            for (int64_t i = 0; i < l->inner; i++) sum += x[i];
+        }
+        double mean = count ? sum / (double)count : 0.0;
+        for (int64_t n = 0; n < l->batch; n++) {
+            const float *x = j->x + (n * l->channels + c) * l->inner;
+            for (int64_t i = 0; i < l->inner; i++) sq += (x[i] - mean) * (x[i] - mean);
+        }
+        double var = count ? sq / (double)count : 0.0;
+        float a = (float)(j->scale[c] / sqrt(var + j->eps));
+        for (int64_t n = 0; n < l->batch; n++) {
+            int64_t off = (n * l->channels + c) * l->inner;
+            affine(j->x + off, j->y + off, l->inner, (float)mean, a, j->bias[c], j->node);
+        }
+        if (j->running_mean)
+            j->running_mean[c] = (float)(j->mean[c] * j->momentum + mean * (1 - j->momentum));
+        if (j->running_var)
+            j->running_var[c] = (float)(j->var[c] * j->momentum + var * (1 - j->momentum));
+    }
+}
+
 static int batchnorm_run(mk_ctx *ctx)
 {
     bn_job j = {.node = ctx->node, .x = ctx->in[0]->data, .scale = ctx->in[1]->data,
@@ -236,6 +278,14 @@ static int batchnorm_run(mk_ctx *ctx)
                 .var = ctx->in[4]->data, .y = ctx->out[0]->data,
                 .l = bn_layout_of(ctx),
                 .eps = mk_attr_float(ctx->node, "epsilon", 1e-5f)};
+    if (batchnorm_training(ctx)) {
+        mk_tensor *rm = mk_output(ctx, 1), *rv = mk_output(ctx, 2);
+        j.momentum = mk_attr_float(ctx->node, "momentum", 0.9f);
+        j.running_mean = rm ? rm->data : NULL;
+        j.running_var = rv ? rv->data : NULL;
+        mk_parallel_for(ctx->pool, j.l.channels, 1, batchnorm_training_range, &j);
+        return MASKD_OK;
+    }
     mk_parallel_for(ctx->pool, j.l.batch * j.l.channels, plane_grain(j.l.inner),
                     batchnorm_range, &j);
     return MASKD_OK;
