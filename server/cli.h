@@ -5,6 +5,9 @@
 #include <stdbool.h>
 
 int maskd_cmd_infer(int argc, char **argv);
+int maskd_cmd_predict(int argc, char **argv);
+int maskd_cmd_serve(int argc, char **argv);
+int maskd_cmd_check_config(int argc, char **argv);
 
 /* Prints "maskd: <message>" to stderr and returns code. */
 int cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -15,6 +15,9 @@ static const char usage[] =
     "usage: maskd <command> [options]\n"
     "commands:\n"
     "  infer     run an ONNX model on .npy inputs (maskd infer --help)\n"
+    "  predict   run a model card's pipeline on an image, print the answer JSON\n"
+    "  serve     run the HTTP daemon (maskd serve --help)\n"
+    "  check-config  validate and print the effective configuration\n"
     "  version   print the version\n";
 
 int cli_fail(int code, const char *fmt, ...)
@@ -46,6 +49,10 @@ int main(int argc, char **argv)
         return argc < 2 ? 64 : 0;
     }
     if (!strcmp(argv[1], "infer")) return maskd_cmd_infer(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "predict")) return maskd_cmd_predict(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve")) return maskd_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "check-config") || !strcmp(argv[1], "--check-config"))
+        return maskd_cmd_check_config(argc - 1, argv + 1);
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("maskd %s\n", MASKD_VERSION);
         return 0;
