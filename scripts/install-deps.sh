@@ -6,7 +6,7 @@ set -euo pipefail
 
 build_pkgs=(cmake gcc make pkg-config protobuf-c-compiler libprotobuf-c-dev libonnx-dev
             libopenblas-dev libmicrohttpd-dev libjansson-dev libjpeg62-turbo-dev libpng-dev)
-test_pkgs=(python3-numpy python3-onnx python3-torch python3-torchvision python3-pil)
+test_pkgs=(python3-numpy python3-onnx python3-torch python3-torchvision python3-pil prometheus curl)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-}" == "--test" ]]; then want+=("${test_pkgs[@]}"); fi

@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# Builds maskd and runs its whole test suite (CTest).  The README's second
-# set-up command; .ci/run calls it.
-#   MASKD_SANITIZE=1 scripts/test.sh   the same suite in an ASan+UBSan build
+# Builds maskd and runs its whole test suite (CTest): the README's second
+# set-up command, and what .ci/run calls.
+#
+#   scripts/test.sh                   Release build: every test; then an
+#                                     ASan+UBSan build: every test but the
+#                                     slow PyTorch parity ones
+#   MASKD_SANITIZE=1 scripts/test.sh  the whole suite in the ASan+UBSan build
+#   scripts/test.sh -L conformance    extra arguments go to ctest (both builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 
 jobs=$(nproc)
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+run_suite() { # dir, cmake flags, ctest flags...
+  local dir=$1 flags=$2
+  shift 2
+  # shellcheck disable=SC2086
+  cmake -S . -B "$dir" $flags >/dev/null
+  cmake --build "$dir" -j"$jobs"
+  ctest --test-dir "$dir" --output-on-failure -j"$jobs" "$@"
+}
+
+sanitize="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMASKD_SANITIZE=ON"
 if [[ "${MASKD_SANITIZE:-0}" == 1 ]]; then
-  dir=build-asan
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMASKD_SANITIZE=ON >/dev/null
-  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_suite build-asan "$sanitize" "$@"
 else
-  dir=build
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  run_suite build "-DCMAKE_BUILD_TYPE=Release" "$@"
+  echo "== the same suite under AddressSanitizer + UBSan (parity: MASKD_SANITIZE=1) =="
+  run_suite build-asan "$sanitize" -LE parity "$@"
 fi
-cmake --build "$dir" -j"$jobs"
-ctest --test-dir "$dir" --output-on-failure -j"$jobs" "$@"
