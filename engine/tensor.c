@@ -7,15 +7,30 @@
 
 #include "mk.h"
 
-int mk_fail(mk_error *err, int code, const char *fmt, ...)
+static int error_vset(maskd_error *err, int code, const char *fmt, va_list ap)
 {
     if (err) {
-        va_list ap;
-        va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
         err->code = code;
     }
+    return code;
+}
+
+int maskd_error_set(maskd_error *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_vset(err, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int mk_fail(mk_error *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_vset(err, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

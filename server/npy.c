@@ -2,22 +2,10 @@
 
 #include <errno.h>
 #include <stdbool.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(maskd_error *err, int code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
 
 static const struct {
     const char *descr;
@@ -44,12 +32,12 @@ int maskd_npy_read(const char *path, maskd_tensor *out, maskd_error *err)
 {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, MASKD_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (!f) return maskd_error_set(err, MASKD_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     unsigned char pre[10];
     int rc = MASKD_OK;
     char *hdr = NULL;
     if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6)) {
-        rc = fail(err, MASKD_ERR_INVALID, "'%s' is not a .npy file", path);
+        rc = maskd_error_set(err, MASKD_ERR_INVALID, "'%s' is not a .npy file", path);
         goto out;
     }
     size_t hlen;
@@ -74,13 +62,13 @@ int maskd_npy_read(const char *path, maskd_tensor *out, maskd_error *err)
             found = true;
         }
     if (!found) {
-        rc = fail(err, MASKD_ERR_UNSUPPORTED, "'%s': unsupported dtype %.8s", path, d);
+        rc = maskd_error_set(err, MASKD_ERR_UNSUPPORTED, "'%s': unsupported dtype %.8s", path, d);
         goto out;
     }
     const char *fo = dict_value(hdr, "fortran_order");
     if (!fo) goto bad_header;
     if (!strncmp(fo, "True", 4)) {
-        rc = fail(err, MASKD_ERR_UNSUPPORTED, "'%s' is in Fortran order; save it C-contiguous", path);
+        rc = maskd_error_set(err, MASKD_ERR_UNSUPPORTED, "'%s' is in Fortran order; save it C-contiguous", path);
         goto out;
     }
     const char *sh = dict_value(hdr, "shape");
@@ -101,16 +89,16 @@ int maskd_npy_read(const char *path, maskd_tensor *out, maskd_error *err)
     size_t bytes = (size_t)numel * maskd_dtype_size(out->dtype);
     out->data = malloc(bytes ? bytes : 1);
     if (!out->data) {
-        rc = fail(err, MASKD_ERR_NOMEM, "out of memory reading '%s'", path);
+        rc = maskd_error_set(err, MASKD_ERR_NOMEM, "out of memory reading '%s'", path);
         goto out;
     }
     if (fread(out->data, 1, bytes, f) != bytes) goto truncated;
     goto out;
 bad_header:
-    rc = fail(err, MASKD_ERR_INVALID, "'%s' has a malformed .npy header", path);
+    rc = maskd_error_set(err, MASKD_ERR_INVALID, "'%s' has a malformed .npy header", path);
     goto out;
 truncated:
-    rc = fail(err, MASKD_ERR_INVALID, "'%s' is truncated", path);
+    rc = maskd_error_set(err, MASKD_ERR_INVALID, "'%s' is truncated", path);
 out:
     free(hdr);
     fclose(f);
@@ -127,7 +115,7 @@ int maskd_npy_write(const char *path, const maskd_tensor *t, maskd_error *err)
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (kinds[i].dtype == t->dtype) descr = kinds[i].descr;
     if (!descr)
-        return fail(err, MASKD_ERR_UNSUPPORTED, "cannot write %s tensors as .npy",
+        return maskd_error_set(err, MASKD_ERR_UNSUPPORTED, "cannot write %s tensors as .npy",
                     maskd_dtype_name(t->dtype));
     char dict[512];
     int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
@@ -139,7 +127,7 @@ int maskd_npy_write(const char *path, const maskd_tensor *t, maskd_error *err)
     size_t total = 10 + (size_t)n + 1;
     size_t pad = (64 - total % 64) % 64;
     FILE *f = fopen(path, "wb");
-    if (!f) return fail(err, MASKD_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
+    if (!f) return maskd_error_set(err, MASKD_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
     size_t hlen = (size_t)n + pad + 1;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                              (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
@@ -150,6 +138,6 @@ int maskd_npy_write(const char *path, const maskd_tensor *t, maskd_error *err)
     size_t bytes = (size_t)maskd_tensor_numel(t) * maskd_dtype_size(t->dtype);
     if (bytes) fwrite(t->data, 1, bytes, f);
     if (fclose(f))
-        return fail(err, MASKD_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        return maskd_error_set(err, MASKD_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
     return MASKD_OK;
 }

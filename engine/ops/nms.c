@@ -33,25 +33,6 @@ typedef struct nms_attrs {
     int center_point_box;
 } nms_attrs;
 
-static int nms_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int nms_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-{
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return mk_fail(ctx->err, code, "NonMaxSuppression: node '%s': %s",
-                   ctx->node->name ? ctx->node->name : "", what);
-}
-
-static const mk_tensor *input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
-}
-
 static int nms_prepare(mk_ctx *ctx)
 {
     nms_attrs *a = calloc(1, sizeof *a);
@@ -59,7 +40,7 @@ static int nms_prepare(mk_ctx *ctx)
     ctx->node->state = a;
     int64_t cpb = mk_attr_int(ctx->node, "center_point_box", 0);
     if (cpb != 0 && cpb != 1)
-        return nms_fail(ctx, MASKD_ERR_INVALID, "center_point_box must be 0 or 1, got %lld",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "center_point_box must be 0 or 1, got %lld",
                         (long long)cpb);
     a->center_point_box = (int)cpb;
     return MASKD_OK;
@@ -76,29 +57,29 @@ typedef struct nms_params {
  * known yet. */
 static int read_params(mk_ctx *ctx, nms_params *p)
 {
-    const mk_tensor *boxes = input(ctx, 0), *scores = input(ctx, 1);
-    const mk_tensor *max_out = input(ctx, 2), *iou = input(ctx, 3), *score_thr = input(ctx, 4);
-    if (!boxes || !scores) return nms_fail(ctx, MASKD_ERR_INVALID, "needs boxes and scores");
+    const mk_tensor *boxes = mk_input(ctx, 0), *scores = mk_input(ctx, 1);
+    const mk_tensor *max_out = mk_input(ctx, 2), *iou = mk_input(ctx, 3), *score_thr = mk_input(ctx, 4);
+    if (!boxes || !scores) return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs boxes and scores");
     if (boxes->ndim < 0 || scores->ndim < 0) return MK_DYNAMIC;
     if (boxes->dtype != MASKD_FLOAT || scores->dtype != MASKD_FLOAT)
-        return nms_fail(ctx, MASKD_ERR_UNSUPPORTED, "boxes and scores must be float32");
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "boxes and scores must be float32");
     if (boxes->ndim != 3 || boxes->dims[2] != 4)
-        return nms_fail(ctx, MASKD_ERR_SHAPE, "boxes must be [num_batches, num_boxes, 4]");
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "boxes must be [num_batches, num_boxes, 4]");
     if (scores->ndim != 3 || scores->dims[0] != boxes->dims[0] ||
         scores->dims[2] != boxes->dims[1])
-        return nms_fail(ctx, MASKD_ERR_SHAPE,
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE,
                         "scores must be [num_batches, num_classes, num_boxes] matching boxes");
     const mk_tensor *opt[3] = {max_out, iou, score_thr};
     for (int i = 0; i < 3; i++) {
         if (!opt[i]) continue;
         if (opt[i]->ndim < 0) return MK_DYNAMIC;
         if (opt[i]->ndim > 1 || mk_numel(opt[i]) > 1)
-            return nms_fail(ctx, MASKD_ERR_SHAPE, "input %d must be a scalar", i + 2);
+            return mk_op_fail(ctx, MASKD_ERR_SHAPE, "input %d must be a scalar", i + 2);
     }
     if (max_out && max_out->dtype != MASKD_INT64 && max_out->dtype != MASKD_INT32)
-        return nms_fail(ctx, MASKD_ERR_INVALID, "max_output_boxes_per_class must be int64");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "max_output_boxes_per_class must be int64");
     if ((iou && iou->dtype != MASKD_FLOAT) || (score_thr && score_thr->dtype != MASKD_FLOAT))
-        return nms_fail(ctx, MASKD_ERR_INVALID, "thresholds must be float32");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "thresholds must be float32");
     p->batches = boxes->dims[0];
     p->classes = scores->dims[1];
     p->boxes = boxes->dims[1];
@@ -111,12 +92,12 @@ static int read_params(mk_ctx *ctx, nms_params *p)
     if (p->max_per_class < 0) p->max_per_class = 0;
     p->iou_threshold = iou && mk_numel(iou) == 1 ? mk_get_f64(iou, 0) : 0.0;
     if (!(p->iou_threshold >= 0.0 && p->iou_threshold <= 1.0))
-        return nms_fail(ctx, MASKD_ERR_INVALID, "iou_threshold %g must be in [0, 1]",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "iou_threshold %g must be in [0, 1]",
                         p->iou_threshold);
     p->score_threshold =
         score_thr && mk_numel(score_thr) == 1 ? mk_get_f64(score_thr, 0) : -INFINITY;
     if (isnan(p->score_threshold))
-        return nms_fail(ctx, MASKD_ERR_INVALID, "score_threshold is NaN");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "score_threshold is NaN");
     return MASKD_OK;
 }
 
@@ -165,14 +146,14 @@ static int select_boxes(mk_ctx *ctx, const nms_params *p, int64_t *rows, int64_t
             if (rc) {
                 char msg[sizeof ctx->err->message];
                 snprintf(msg, sizeof msg, "%s", ctx->err->message);
-                rc = nms_fail(ctx, rc, "batch %lld, class %lld: %s", (long long)b,
+                rc = mk_op_fail(ctx, rc, "batch %lld, class %lld: %s", (long long)b,
                               (long long)c, msg);
                 break;
             }
             for (int64_t k = 0; k < res.count; k++) {
                 if (rows) {
                     if (*count >= cap) {
-                        rc = nms_fail(ctx, MASKD_ERR_RUNTIME,
+                        rc = mk_op_fail(ctx, MASKD_ERR_RUNTIME,
                                       "selection changed between infer and run");
                         break;
                     }
@@ -210,14 +191,14 @@ static int nms_run(mk_ctx *ctx)
     nms_params p;
     int rc = read_params(ctx, &p);
     if (rc == MK_DYNAMIC)
-        return nms_fail(ctx, MASKD_ERR_RUNTIME, "inputs missing at run time");
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "inputs missing at run time");
     if (rc) return rc;
     mk_tensor *y = ctx->out[0];
     int64_t count;
     rc = select_boxes(ctx, &p, y->data, y->dims[0], &count);
     if (rc) return rc;
     if (count != y->dims[0])
-        return nms_fail(ctx, MASKD_ERR_RUNTIME, "selection changed between infer and run");
+        return mk_op_fail(ctx, MASKD_ERR_RUNTIME, "selection changed between infer and run");
     return MASKD_OK;
 }
 

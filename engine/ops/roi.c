@@ -15,31 +15,12 @@
 #include "../mk.h"
 #include "maskd/post.h"
 
-static int roi_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int roi_fail(mk_ctx *ctx, int code, const char *fmt, ...)
-{
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return mk_fail(ctx->err, code, "%s: node '%s': %s", ctx->node->op_type,
-                   ctx->node->name ? ctx->node->name : "", what);
-}
-
 /* Re-labels an error from post/ with the node it happened in. */
 static int relabel(mk_ctx *ctx, int rc)
 {
     char msg[sizeof ctx->err->message];
     snprintf(msg, sizeof msg, "%s", ctx->err->message);
-    return roi_fail(ctx, rc, "%s", msg);
-}
-
-static const mk_tensor *input(const mk_ctx *ctx, int i)
-{
-    return i < ctx->n_in ? ctx->in[i] : NULL;
+    return mk_op_fail(ctx, rc, "%s", msg);
 }
 
 /* ---- RoiAlign ---------------------------------------------------------------- */
@@ -61,7 +42,7 @@ static int roialign_prepare_common(mk_ctx *ctx, int aligned_default, bool has_ct
     else if (!strcmp(mode, "max"))
         o->mode = MASKD_ROI_MAX_ONNX;
     else
-        return roi_fail(ctx, MASKD_ERR_INVALID, "mode '%s' is not 'avg' or 'max'", mode);
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "mode '%s' is not 'avg' or 'max'", mode);
     if (has_ctm) {
         const char *ctm = mk_attr_str(n, "coordinate_transformation_mode", "half_pixel");
         if (!strcmp(ctm, "half_pixel"))
@@ -69,19 +50,19 @@ static int roialign_prepare_common(mk_ctx *ctx, int aligned_default, bool has_ct
         else if (!strcmp(ctm, "output_half_pixel"))
             o->aligned = 0;
         else
-            return roi_fail(ctx, MASKD_ERR_INVALID,
+            return mk_op_fail(ctx, MASKD_ERR_INVALID,
                             "coordinate_transformation_mode '%s' is not 'half_pixel' or "
                             "'output_half_pixel'",
                             ctm);
     }
     if (o->pooled_h < 1 || o->pooled_w < 1 || o->pooled_h > 4096 || o->pooled_w > 4096)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "output size %lldx%lld must be in [1, 4096]",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "output size %lldx%lld must be in [1, 4096]",
                         (long long)o->pooled_h, (long long)o->pooled_w);
     if (o->sampling_ratio < 0 || o->sampling_ratio > 1024)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "sampling_ratio %lld must be in [0, 1024]",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "sampling_ratio %lld must be in [0, 1024]",
                         (long long)o->sampling_ratio);
     if (!(o->spatial_scale > 0) || !isfinite(o->spatial_scale))
-        return roi_fail(ctx, MASKD_ERR_INVALID, "spatial_scale %g must be > 0",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "spatial_scale %g must be > 0",
                         (double)o->spatial_scale);
     return MASKD_OK;
 }
@@ -98,22 +79,22 @@ static bool is_int_type(maskd_dtype t)
 static int roialign_infer(mk_ctx *ctx)
 {
     const maskd_roi_align_options *o = ctx->node->state;
-    const mk_tensor *x = input(ctx, 0), *rois = input(ctx, 1), *bi = input(ctx, 2);
+    const mk_tensor *x = mk_input(ctx, 0), *rois = mk_input(ctx, 1), *bi = mk_input(ctx, 2);
     if (!x || !rois || !bi)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "needs X, rois and batch_indices");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs X, rois and batch_indices");
     if (x->ndim < 0 || rois->ndim < 0 || bi->ndim < 0) return MK_DYNAMIC;
     if (x->dtype != MASKD_FLOAT)
-        return roi_fail(ctx, MASKD_ERR_UNSUPPORTED, "X of type %s (only float32 is supported)",
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "X of type %s (only float32 is supported)",
                         maskd_dtype_name(x->dtype));
-    if (x->ndim != 4) return roi_fail(ctx, MASKD_ERR_SHAPE, "X must be 4-D [N,C,H,W]");
+    if (x->ndim != 4) return mk_op_fail(ctx, MASKD_ERR_SHAPE, "X must be 4-D [N,C,H,W]");
     if (rois->dtype != MASKD_FLOAT)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "rois must have X's type (float32)");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "rois must have X's type (float32)");
     if (rois->ndim != 2 || rois->dims[1] != 4)
-        return roi_fail(ctx, MASKD_ERR_SHAPE, "rois must be [num_rois, 4]");
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "rois must be [num_rois, 4]");
     if (!is_int_type(bi->dtype))
-        return roi_fail(ctx, MASKD_ERR_INVALID, "batch_indices must be integers");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "batch_indices must be integers");
     if (bi->ndim != 1 || bi->dims[0] != rois->dims[0])
-        return roi_fail(ctx, MASKD_ERR_SHAPE, "batch_indices must be [num_rois] (%lld)",
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "batch_indices must be [num_rois] (%lld)",
                         (long long)rois->dims[0]);
     mk_tensor *y = ctx->out[0];
     y->dtype = MASKD_FLOAT;
@@ -156,15 +137,15 @@ static int maxroipool_prepare(mk_ctx *ctx)
     ctx->node->state = a;
     int64_t shape[2];
     if (mk_attr_ints(ctx->node, "pooled_shape", shape, 2) != 2)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "pooled_shape must be two ints (height, width)");
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "pooled_shape must be two ints (height, width)");
     a->pooled_h = shape[0];
     a->pooled_w = shape[1];
     a->spatial_scale = mk_attr_float(ctx->node, "spatial_scale", 1.0f);
     if (a->pooled_h < 1 || a->pooled_w < 1 || a->pooled_h > 4096 || a->pooled_w > 4096)
-        return roi_fail(ctx, MASKD_ERR_INVALID, "pooled_shape %lldx%lld must be in [1, 4096]",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "pooled_shape %lldx%lld must be in [1, 4096]",
                         (long long)a->pooled_h, (long long)a->pooled_w);
     if (!(a->spatial_scale > 0) || !isfinite(a->spatial_scale))
-        return roi_fail(ctx, MASKD_ERR_INVALID, "spatial_scale %g must be > 0",
+        return mk_op_fail(ctx, MASKD_ERR_INVALID, "spatial_scale %g must be > 0",
                         (double)a->spatial_scale);
     return MASKD_OK;
 }
@@ -172,14 +153,14 @@ static int maxroipool_prepare(mk_ctx *ctx)
 static int maxroipool_infer(mk_ctx *ctx)
 {
     const roipool_attrs *a = ctx->node->state;
-    const mk_tensor *x = input(ctx, 0), *rois = input(ctx, 1);
-    if (!x || !rois) return roi_fail(ctx, MASKD_ERR_INVALID, "needs X and rois");
+    const mk_tensor *x = mk_input(ctx, 0), *rois = mk_input(ctx, 1);
+    if (!x || !rois) return mk_op_fail(ctx, MASKD_ERR_INVALID, "needs X and rois");
     if (x->ndim < 0 || rois->ndim < 0) return MK_DYNAMIC;
     if (x->dtype != MASKD_FLOAT || rois->dtype != MASKD_FLOAT)
-        return roi_fail(ctx, MASKD_ERR_UNSUPPORTED, "X and rois must be float32");
-    if (x->ndim != 4) return roi_fail(ctx, MASKD_ERR_SHAPE, "X must be 4-D [N,C,H,W]");
+        return mk_op_fail(ctx, MASKD_ERR_UNSUPPORTED, "X and rois must be float32");
+    if (x->ndim != 4) return mk_op_fail(ctx, MASKD_ERR_SHAPE, "X must be 4-D [N,C,H,W]");
     if (rois->ndim != 2 || rois->dims[1] != 5)
-        return roi_fail(ctx, MASKD_ERR_SHAPE, "rois must be [num_rois, 5] (batch, x1, y1, x2, y2)");
+        return mk_op_fail(ctx, MASKD_ERR_SHAPE, "rois must be [num_rois, 5] (batch, x1, y1, x2, y2)");
     mk_tensor *y = ctx->out[0];
     y->dtype = MASKD_FLOAT;
     y->ndim = 4;
@@ -204,7 +185,7 @@ static int maxroipool_run(mk_ctx *ctx)
         /* The batch id travels as a float; anything but a valid image
          * number is an error, not a truncation. */
         if (!(b >= 0 && b < (float)x->dims[0]))
-            return roi_fail(ctx, MASKD_ERR_INVALID,
+            return mk_op_fail(ctx, MASKD_ERR_INVALID,
                             "ROI %lld has batch index %g outside [0, %lld)", (long long)r,
                             (double)b, (long long)x->dims[0]);
         batch[r] = (int64_t)b;

@@ -53,6 +53,11 @@ typedef struct maskd_error {
     char message[512];
 } maskd_error;
 
+/* Fills err (when not NULL) with code and a printf-style message; returns
+ * code, so callers can `return maskd_error_set(err, ...)`. */
+int maskd_error_set(maskd_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* A dense, row-major tensor.  `data` is borrowed: tensors handed to the engine
  * stay owned by the caller, tensors handed back stay owned by the session. */
 typedef struct maskd_tensor {
