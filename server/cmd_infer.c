@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -231,10 +232,12 @@ int maskd_cmd_infer(int argc, char **argv)
             times[r] = now_ms() - t0;
         }
         qsort(times, (size_t)repeat, sizeof *times, cmp_double);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
         printf("load %.2f ms, first run %.2f ms, %d runs: min %.3f ms, median %.3f ms, "
-               "max %.3f ms (threads %d)\n",
+               "max %.3f ms (threads %d), peak RSS %.1f MB\n",
                load_ms, first_ms, repeat, times[0], times[repeat / 2], times[repeat - 1],
-               maskd_pool_threads(pool));
+               maskd_pool_threads(pool), ru.ru_maxrss / 1024.0);
         free(times);
         if (profile) print_profile(session);
     }
