@@ -12,6 +12,7 @@
 
 #include "card.h"
 #include "cli.h"
+#include "decode.h"
 #include "image.h"
 #include "maskd/pipeline.h"
 #include "npy.h"
@@ -422,7 +423,6 @@ int maskd_cmd_predict(int argc, char **argv)
         exit_code = print_error(1, "model_load_failed", err.message);
         goto out;
     }
-    const maskd_card *pc = maskd_pipeline_card(pipe);
 
     maskd_request_init(&req, pipe);
     if (maskd_request_parse(&req, pipe, n_opts, opt_keys, opt_values, &err)) {
@@ -439,17 +439,7 @@ int maskd_cmd_predict(int argc, char **argv)
         goto out;
     }
     double t0 = now_ms();
-    maskd_image_options iopt = {.max_pixels = (int64_t)max_pixels};
-    maskd_image_info info;
-    rc = maskd_image_probe(bytes, nbytes, &iopt, &info, &err);
-    if (!rc) {
-        /* Decode no larger than the letterboxed size needs (JPEG DCT scaling). */
-        maskd_letterbox lb;
-        maskd_letterbox_compute(&pc->input, info.width, info.height, &lb);
-        iopt.min_width = lb.new_w;
-        iopt.min_height = lb.new_h;
-        rc = maskd_image_decode(bytes, nbytes, &iopt, &image, &err);
-    }
+    rc = maskd_decode_for_pipeline(bytes, nbytes, pipe, (int64_t)max_pixels, &image, &err);
     if (rc) {
         exit_code = print_error(maskd_image_http_status(rc) < 500 ? 2 : 1,
                                 maskd_image_error_code(rc), err.message);

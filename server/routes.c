@@ -1,14 +1,12 @@
 /* The route table and the /v1, health, metrics and page handlers. */
-#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "daemon.h"
+#include "decode.h"
 #include "image.h"
 #include "maskd/pipeline.h"
 #include "respond.h"
@@ -218,7 +216,6 @@ static void page(mk_req *r)
 typedef struct predict_work {
     mk_req *r;
     maskd_request req;
-    int32_t *classes;
     const unsigned char *data;
     size_t size;
     unsigned char *owned; /* data, when it is not the request body */
@@ -234,7 +231,7 @@ static void predict_work_free(void *p)
 {
     predict_work *w = p;
     if (!w) return;
-    free(w->classes);
+    maskd_request_free(&w->req);
     free(w->owned);
     json_decref(w->answer);
     free(w);
@@ -252,144 +249,85 @@ static void work_fail(predict_work *w, int status, const char *code, const char 
     w->code = code;
 }
 
-static bool parse_double(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return false;
-    *out = v;
-    return true;
-}
+/* More than every option once is a repeat or an unknown key: the parser
+ * says which. */
+enum { MAX_QUERY_ARGS = 32 };
 
-static bool parse_long(const char *s, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
-typedef struct query_ctx {
-    predict_work *w;
-    const maskd_pipeline *pipeline;
+typedef struct query_args {
+    const char *keys[MAX_QUERY_ARGS], *values[MAX_QUERY_ARGS];
+    int n;
+    const char *polygon_tolerance; /* the daemon's own option, not the pipeline's */
     char error[600];
-    bool nms_given;
-} query_ctx;
+} query_args;
 
-/* Every query parameter must be known and valid: a typo like `iuo=0.3`
- * silently ignored would be worse than a 400. */
-static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+/* Collects first and parses once: maskd_request_parse applies the options in
+ * a fixed order (nms before iou, ...), so `iou=0.3&nms=soft-linear` and
+ * `nms=soft-linear&iou=0.3` mean the same thing. */
+static enum MHD_Result collect_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                         const char *value)
 {
     (void)kind;
-    query_ctx *q = cls;
-    maskd_request *req = &q->w->req;
+    query_args *q = cls;
     if (q->error[0]) return MHD_NO;
     const char *v = value ? value : "";
-    maskd_error err = {0};
-    double d;
-    long long n;
-    if (!strcmp(key, "nms")) {
-        maskd_nms_method method;
-        if (maskd_nms_method_parse(v, &method, &err)) {
-            snprintf(q->error, sizeof q->error, "nms: %.500s", err.message);
+    if (!strcmp(key, "polygon_tolerance")) {
+        if (q->polygon_tolerance) {
+            snprintf(q->error, sizeof q->error, "polygon_tolerance: given twice");
             return MHD_NO;
         }
-        /* a new method starts from its own defaults, keeping the card's
-         * thresholds and limits */
-        maskd_nms_options keep = req->nms;
-        maskd_nms_options_init(&req->nms, method);
-        req->nms.score_threshold = keep.score_threshold;
-        req->nms.max_detections = keep.max_detections;
-        req->nms.pre_nms_top_k = keep.pre_nms_top_k;
-        req->nms.class_agnostic = keep.class_agnostic;
-        if (method == keep.method) req->nms = keep;
-    } else if (!strcmp(key, "iou")) {
-        if (!parse_double(v, &d) || d < 0 || d > 1) goto bad_unit;
-        req->nms.iou_threshold = d;
-    } else if (!strcmp(key, "score_threshold")) {
-        if (!parse_double(v, &d) || d < 0 || d > 1) goto bad_unit;
-        req->nms.score_threshold = d;
-    } else if (!strcmp(key, "sigma")) {
-        if (!parse_double(v, &d) || d <= 0 || d > 100) {
-            snprintf(q->error, sizeof q->error, "sigma must be a number in (0, 100], got '%.40s'", v);
-            return MHD_NO;
-        }
-        req->nms.sigma = d;
-    } else if (!strcmp(key, "max_detections")) {
-        if (!parse_long(v, &n) || n < 1 || n > 100000) {
-            snprintf(q->error, sizeof q->error,
-                     "max_detections must be a whole number from 1 to 100000, got '%.40s'", v);
-            return MHD_NO;
-        }
-        req->nms.max_detections = n;
-    } else if (!strcmp(key, "class_agnostic")) {
-        if (!strcmp(v, "true") || !strcmp(v, "1"))
-            req->nms.class_agnostic = 1;
-        else if (!strcmp(v, "false") || !strcmp(v, "0"))
-            req->nms.class_agnostic = 0;
-        else {
-            snprintf(q->error, sizeof q->error, "class_agnostic must be true or false, got '%.40s'", v);
-            return MHD_NO;
-        }
-    } else if (!strcmp(key, "format")) {
-        if (maskd_mask_format_parse(v, &req->format, &err)) {
-            snprintf(q->error, sizeof q->error, "format: %.500s", err.message);
-            return MHD_NO;
-        }
-    } else if (!strcmp(key, "upsample")) {
-        if (maskd_upsample_parse(v, &req->upsample, &err)) {
-            snprintf(q->error, sizeof q->error, "upsample: %.500s", err.message);
-            return MHD_NO;
-        }
-    } else if (!strcmp(key, "classes")) {
-        free(q->w->classes);
-        q->w->classes = NULL;
-        req->classes = NULL;
-        req->n_classes = 0;
-        size_t cap = 1;
-        for (const char *p = v; *p; p++) cap += *p == ',';
-        int32_t *ids = calloc(cap, sizeof *ids);
-        if (!ids) return MHD_NO;
-        int k = 0;
-        const char *p = v;
-        while (*p || k == 0) {
-            char *end;
-            errno = 0;
-            long id = strtol(p, &end, 10);
-            if (errno || end == p || id < 0 || id > 1000000 || (*end && *end != ',')) {
-                free(ids);
-                snprintf(q->error, sizeof q->error,
-                         "classes must be class ids separated by commas, like classes=1,3; got '%.40s'", v);
-                return MHD_NO;
-            }
-            ids[k++] = (int32_t)id;
-            p = *end ? end + 1 : end;
-            if (!*end) break;
-        }
-        q->w->classes = ids;
-        req->classes = ids;
-        req->n_classes = k;
-    } else if (!strcmp(key, "polygon_tolerance")) {
-        if (!parse_double(v, &d) || d < 0 || d > 1000) {
-            snprintf(q->error, sizeof q->error,
-                     "polygon_tolerance must be a number from 0 to 1000 (pixels), got '%.40s'", v);
-            return MHD_NO;
-        }
-        req->polygon_tolerance = d;
-    } else {
-        snprintf(q->error, sizeof q->error,
-                 "unknown query parameter '%.40s' (known: nms, iou, sigma, score_threshold, "
-                 "max_detections, class_agnostic, format, classes, upsample, polygon_tolerance)",
-                 key);
+        q->polygon_tolerance = v;
+        return MHD_YES;
+    }
+    if (q->n == MAX_QUERY_ARGS) {
+        snprintf(q->error, sizeof q->error, "too many query parameters (at most %d)",
+                 MAX_QUERY_ARGS);
         return MHD_NO;
     }
+    q->keys[q->n] = key;
+    q->values[q->n++] = v;
     return MHD_YES;
-bad_unit:
-    snprintf(q->error, sizeof q->error, "%s must be a number from 0 to 1, got '%.40s'", key, v);
-    return MHD_NO;
+}
+
+static const char *query_value(const query_args *q, const char *key)
+{
+    for (int i = 0; i < q->n; i++)
+        if (!strcmp(q->keys[i], key)) return q->values[i];
+    return NULL;
+}
+
+/* The query -> w->req, or a message for a 400 in q->error.  Syntax, unknown
+ * and repeated keys are maskd_request_parse's; the card's own limits are
+ * checked by maskd_pipeline_run.  The bounds below hold for every model
+ * (a segmenter's pipeline never looks at NMS values, so it would not catch
+ * iou=2), and refusing here keeps a bad request out of the queue. */
+static void parse_query(mk_req *r, predict_work *w, const maskd_pipeline *pipeline, query_args *q)
+{
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_query_arg, q);
+    if (q->error[0]) return;
+    maskd_error err = {0};
+    if (maskd_request_parse(&w->req, pipeline, q->n, q->keys, q->values, &err)) {
+        snprintf(q->error, sizeof q->error, "%s", err.message);
+        return;
+    }
+    const maskd_nms_options *nms = &w->req.nms;
+    const char *v;
+    if ((v = query_value(q, "iou")) && !(nms->iou_threshold >= 0 && nms->iou_threshold <= 1))
+        snprintf(q->error, sizeof q->error, "iou must be a number from 0 to 1, got '%.40s'", v);
+    else if ((v = query_value(q, "score_threshold")) &&
+             !(nms->score_threshold >= 0 && nms->score_threshold <= 1))
+        snprintf(q->error, sizeof q->error,
+                 "score_threshold must be a number from 0 to 1, got '%.40s'", v);
+    else if ((v = query_value(q, "sigma")) && !(nms->sigma > 0 && nms->sigma <= 100))
+        snprintf(q->error, sizeof q->error, "sigma must be a number in (0, 100], got '%.40s'", v);
+    else if ((v = q->polygon_tolerance)) {
+        char *end;
+        double d = strtod(v, &end);
+        if (!*v || *end || !(d >= 0 && d <= 1000))
+            snprintf(q->error, sizeof q->error,
+                     "polygon_tolerance must be a number from 0 to 1000 (pixels), got '%.40s'", v);
+        else
+            w->req.polygon_tolerance = d;
+    }
 }
 
 static void predict_run(mk_job *job, int worker)
@@ -398,14 +336,11 @@ static void predict_run(mk_job *job, int worker)
     mk_req *r = w->r;
     const mk_model *m = &r->st->models[r->model_index];
     maskd_worker *pw = r->st->pipeline_runs[worker * r->st->n_models + r->model_index];
-    const maskd_card *card = maskd_pipeline_card(m->pipeline);
-    maskd_image_options opt = {.max_pixels = r->st->cfg.max_pixels,
-                               .min_width = card->input.width,
-                               .min_height = card->input.height};
     maskd_image img = {0};
     maskd_error err = {0};
     double t0 = srv_now_ms();
-    if (maskd_image_decode(w->data, w->size, &opt, &img, &err)) {
+    if (maskd_decode_for_pipeline(w->data, w->size, m->pipeline, r->st->cfg.max_pixels, &img,
+                                  &err)) {
         r->timing.decode_ms = srv_now_ms() - t0;
         work_fail(w, maskd_image_http_status(err.code), maskd_image_error_code(err.code), "%s",
                   err.message);
@@ -479,8 +414,8 @@ void mk_image_predict(mk_req *r, const unsigned char *data, size_t size, unsigne
     r->work_free = predict_work_free;
     maskd_request_init(&w->req, m->pipeline);
     if (answer_kind == MK_ANSWER_V1) {
-        query_ctx q = {.w = w, .pipeline = m->pipeline};
-        MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+        query_args q = {.n = 0};
+        parse_query(r, w, m->pipeline, &q);
         if (q.error[0]) {
             mk_reply_error(r, 400, "invalid_parameter", "%s", q.error);
             return;

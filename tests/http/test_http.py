@@ -131,6 +131,7 @@ class Response:
 
 class Daemon:
     def __init__(self, maskd, work, name, cfg, env=None, args=()):
+        self.maskd = maskd
         self.work = work
         self.cfg_path = os.path.join(work, name + ".json")
         self.write_config(cfg)
@@ -456,6 +457,14 @@ def section_detections(d, imgs):
         except ValueError:
             cj = None
         check("detect curl -F == raw", same(cj, raw.json()), out.stdout[:300])
+        # the daemon and `maskd predict` decode through the same function
+        out = subprocess.run([d.maskd, "predict", path, "--model", os.path.join(d.work, "models", "det.json")],
+                             capture_output=True, timeout=120)
+        try:
+            pj = json.loads(out.stdout)
+        except ValueError:
+            pj = None
+        check("detect maskd predict == raw", same(pj, raw.json()), (out.stdout[:300], out.stderr[:300]))
     v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                       "data": [base64.b64encode(imgs["jpg"]).decode()]}]}
     r = d.post("/v2/models/det/infer", json.dumps(v2), "application/json")
@@ -472,6 +481,19 @@ def section_detections(d, imgs):
     check("detect class_agnostic + iou", r.status == 200 and (r.json() or {}).get("nms", {}).get("class_agnostic") is True)
     r = d.post(P + "?classes=2", imgs["png"], "image/png")
     check("detect classes=2 keeps only green", r.status == 200 and list(det_boxes(r.json())) == ["green"], r.body[:300])
+    # options apply in a fixed order (nms first), not in the order they are sent;
+    # 0.3 is also soft-linear's own default, so 0.45 shows a reset too
+    strip = lambda j: {k: v for k, v in j.items() if k != "timing_ms"}
+    for iou in ("0.3", "0.45"):
+        a = d.post(P + f"?iou={iou}&nms=soft-linear", imgs["png"], "image/png")
+        b = d.post(P + f"?nms=soft-linear&iou={iou}", imgs["png"], "image/png")
+        ja, jb = a.json() or {}, b.json() or {}
+        check(f"detect iou={iou}&nms=soft-linear == nms=soft-linear&iou={iou}, iou {iou} kept",
+              a.status == 200 and b.status == 200 and strip(ja) == strip(jb)
+              and ja.get("nms", {}).get("method") == "soft-linear" and ja.get("nms", {}).get("iou") == float(iou),
+              (a.body[:300], b.body[:300]))
+    r = d.post(P + "?iou=0.3&iou=0.4", imgs["png"], "image/png")
+    check("detect iou given twice -> 400", is_error(r, 400, "invalid_parameter"), r.body[:200])
 
 
 def raw_exchange(port, data, read_timeout=10, send_more=None):
