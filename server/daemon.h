@@ -31,7 +31,6 @@ typedef struct mk_model {
     json_t *card;          /* the card as read, for GET /v1/models/{m} */
     maskd_model *graph;    /* the raw graph (v2 infer) */
     void *pipeline;        /* the image pipeline, when the card names one */
-    int input_w, input_h;  /* the image size the pipeline wants (decode scaling) */
     atomic_bool ready;     /* after one warm-up inference */
 } mk_model;
 

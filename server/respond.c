@@ -36,7 +36,8 @@ char *maskd_base64(const unsigned char *data, size_t size)
 static json_t *real(double v, double unit)
 {
     if (!isfinite(v)) return json_null();
-    return json_real(round(v / unit) * unit);
+    /* + 0.0 turns a rounded -0.0 into 0.0, which reads better. */
+    return json_real(round(v / unit) * unit + 0.0);
 }
 
 /* json_object_set_new that remembers a failure. */

@@ -256,7 +256,6 @@ enum { MAX_QUERY_ARGS = 32 };
 typedef struct query_args {
     const char *keys[MAX_QUERY_ARGS], *values[MAX_QUERY_ARGS];
     int n;
-    const char *polygon_tolerance; /* the daemon's own option, not the pipeline's */
     char error[600];
 } query_args;
 
@@ -269,65 +268,27 @@ static enum MHD_Result collect_query_arg(void *cls, enum MHD_ValueKind kind, con
     (void)kind;
     query_args *q = cls;
     if (q->error[0]) return MHD_NO;
-    const char *v = value ? value : "";
-    if (!strcmp(key, "polygon_tolerance")) {
-        if (q->polygon_tolerance) {
-            snprintf(q->error, sizeof q->error, "polygon_tolerance: given twice");
-            return MHD_NO;
-        }
-        q->polygon_tolerance = v;
-        return MHD_YES;
-    }
     if (q->n == MAX_QUERY_ARGS) {
         snprintf(q->error, sizeof q->error, "too many query parameters (at most %d)",
                  MAX_QUERY_ARGS);
         return MHD_NO;
     }
     q->keys[q->n] = key;
-    q->values[q->n++] = v;
+    q->values[q->n++] = value ? value : "";
     return MHD_YES;
 }
 
-static const char *query_value(const query_args *q, const char *key)
-{
-    for (int i = 0; i < q->n; i++)
-        if (!strcmp(q->keys[i], key)) return q->values[i];
-    return NULL;
-}
-
-/* The query -> w->req, or a message for a 400 in q->error.  Syntax, unknown
- * and repeated keys are maskd_request_parse's; the card's own limits are
- * checked by maskd_pipeline_run.  The bounds below hold for every model
- * (a segmenter's pipeline never looks at NMS values, so it would not catch
- * iou=2), and refusing here keeps a bad request out of the queue. */
+/* The query -> w->req, or a message for a 400 in q->error.  Syntax, ranges,
+ * unknown and repeated keys are maskd_request_parse's (the same rules as
+ * `maskd predict`); the card's own limits are checked by maskd_pipeline_run.
+ * Refusing here keeps a bad request out of the queue. */
 static void parse_query(mk_req *r, predict_work *w, const maskd_pipeline *pipeline, query_args *q)
 {
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_query_arg, q);
     if (q->error[0]) return;
     maskd_error err = {0};
-    if (maskd_request_parse(&w->req, pipeline, q->n, q->keys, q->values, &err)) {
+    if (maskd_request_parse(&w->req, pipeline, q->n, q->keys, q->values, &err))
         snprintf(q->error, sizeof q->error, "%s", err.message);
-        return;
-    }
-    const maskd_nms_options *nms = &w->req.nms;
-    const char *v;
-    if ((v = query_value(q, "iou")) && !(nms->iou_threshold >= 0 && nms->iou_threshold <= 1))
-        snprintf(q->error, sizeof q->error, "iou must be a number from 0 to 1, got '%.40s'", v);
-    else if ((v = query_value(q, "score_threshold")) &&
-             !(nms->score_threshold >= 0 && nms->score_threshold <= 1))
-        snprintf(q->error, sizeof q->error,
-                 "score_threshold must be a number from 0 to 1, got '%.40s'", v);
-    else if ((v = query_value(q, "sigma")) && !(nms->sigma > 0 && nms->sigma <= 100))
-        snprintf(q->error, sizeof q->error, "sigma must be a number in (0, 100], got '%.40s'", v);
-    else if ((v = q->polygon_tolerance)) {
-        char *end;
-        double d = strtod(v, &end);
-        if (!*v || *end || !(d >= 0 && d <= 1000))
-            snprintf(q->error, sizeof q->error,
-                     "polygon_tolerance must be a number from 0 to 1000 (pixels), got '%.40s'", v);
-        else
-            w->req.polygon_tolerance = d;
-    }
 }
 
 static void predict_run(mk_job *job, int worker)

@@ -128,8 +128,6 @@ static mk_state *state_build(maskd_config *cfg, int n_workers, maskd_pool *pool,
         m->card = json_load_file(mc->card, 0, NULL);
         int rc = maskd_pipeline_load(&card, NULL, (maskd_pipeline **)&m->pipeline, &e);
         if (!rc) {
-            m->input_w = card.input.width;
-            m->input_h = card.input.height;
             m->onnx_path = card.model_path ? strdup(card.model_path) : NULL;
         }
         maskd_card_free(&card);

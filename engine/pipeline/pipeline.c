@@ -1,5 +1,6 @@
 /* Loading a pipeline from its card, workers, requests, results, dispatch. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,12 +319,16 @@ void maskd_request_set_method(maskd_request *req, const maskd_pipeline *p,
     req->nms.pre_nms_top_k = card->pre_nms_top_k;
 }
 
-static int parse_real(const char *key, const char *v, double *out, maskd_error *err)
+/* A number in [lo, hi] (lo excluded when open_lo).  These bounds hold for
+ * every model; a card narrows them further (check_request). */
+static int parse_real(const char *key, const char *v, double lo, double hi, bool open_lo,
+                      double *out, maskd_error *err)
 {
     char *end;
     double d = strtod(v, &end);
-    if (!*v || *end || !isfinite(d))
-        return mk_fail(err, MASKD_ERR_INVALID, "%s: '%s' is not a number", key, v);
+    if (!*v || *end || !isfinite(d) || d < lo || d > hi || (open_lo && d == lo))
+        return mk_fail(err, MASKD_ERR_INVALID, "%s must be a number %s %g to %g, got '%.40s'",
+                       key, open_lo ? "above" : "from", lo, hi, v);
     *out = d;
     return MASKD_OK;
 }
@@ -377,7 +382,7 @@ int maskd_request_parse(maskd_request *req, const maskd_pipeline *p, int n,
 {
     static const char *const known[] = {"nms", "iou", "sigma", "score_threshold",
                                         "max_detections", "class_agnostic", "format",
-                                        "upsample", "classes"};
+                                        "upsample", "classes", "polygon_tolerance"};
     enum { N_KNOWN = sizeof known / sizeof known[0] };
     const char *given[N_KNOWN] = {0};
     for (int i = 0; i < n; i++) {
@@ -386,7 +391,8 @@ int maskd_request_parse(maskd_request *req, const maskd_pipeline *p, int n,
         if (k == N_KNOWN)
             return mk_fail(err, MASKD_ERR_INVALID,
                            "unknown option '%s' (options: nms, iou, sigma, score_threshold, "
-                           "max_detections, class_agnostic, format, upsample, classes)",
+                           "max_detections, class_agnostic, format, upsample, classes, "
+                           "polygon_tolerance)",
                            keys[i]);
         if (given[k]) return mk_fail(err, MASKD_ERR_INVALID, "%s: given twice", keys[i]);
         given[k] = values[i] ? values[i] : "";
@@ -397,10 +403,12 @@ int maskd_request_parse(maskd_request *req, const maskd_pipeline *p, int n,
         if ((rc = maskd_nms_method_parse(given[0], &m, err))) return rc;
         maskd_request_set_method(req, p, m);
     }
-    if (given[1] && (rc = parse_real("iou", given[1], &req->nms.iou_threshold, err))) return rc;
-    if (given[2] && (rc = parse_real("sigma", given[2], &req->nms.sigma, err))) return rc;
-    if (given[3] &&
-        (rc = parse_real("score_threshold", given[3], &req->nms.score_threshold, err)))
+    if (given[1] && (rc = parse_real("iou", given[1], 0, 1, false, &req->nms.iou_threshold, err)))
+        return rc;
+    if (given[2] && (rc = parse_real("sigma", given[2], 0, 100, true, &req->nms.sigma, err)))
+        return rc;
+    if (given[3] && (rc = parse_real("score_threshold", given[3], 0, 1, false,
+                                     &req->nms.score_threshold, err)))
         return rc;
     if (given[4]) {
         char *end;
@@ -421,6 +429,9 @@ int maskd_request_parse(maskd_request *req, const maskd_pipeline *p, int n,
     if (given[6] && (rc = maskd_mask_format_parse(given[6], &req->format, err))) return rc;
     if (given[7] && (rc = maskd_upsample_parse(given[7], &req->upsample, err))) return rc;
     if (given[8] && (rc = parse_classes(p, given[8], req, err))) return rc;
+    if (given[9] && (rc = parse_real("polygon_tolerance", given[9], 0, 1000, false,
+                                     &req->polygon_tolerance, err)))
+        return rc;
     return MASKD_OK;
 }
 

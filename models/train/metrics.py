@@ -92,9 +92,9 @@ def evaluate(ground_truth, detections, num_classes, kind="box", max_dets=100):
             v = average_precision(scores[c], matched[c][ti], n_gt[c])
             if v is not None:
                 ap[ti, c - 1] = v
-    return {"mAP@0.5": float(np.nanmean(ap[0])), "mAP@0.75": float(np.nanmean(ap[5])),
-            "mAP@[.5:.95]": float(np.nanmean(ap)),
+    mean = lambda a: float(np.mean(a[~np.isnan(a)])) if np.any(~np.isnan(a)) else float("nan")
+    return {"mAP@0.5": mean(ap[0]), "mAP@0.75": mean(ap[5]), "mAP@[.5:.95]": mean(ap),
             "per_class@0.5": {c: float(ap[0, c - 1]) for c in range(1, num_classes)},
-            "per_class@[.5:.95]": {c: float(np.nanmean(ap[:, c - 1])) for c in range(1, num_classes)},
+            "per_class@[.5:.95]": {c: mean(ap[:, c - 1]) for c in range(1, num_classes)},
             "ground_truths": int(sum(n_gt.values())),
             "detections": int(sum(len(v) for v in scores.values()))}

@@ -152,7 +152,7 @@ class Detector(nn.Module):
         self.rpn.min_size = RPN_MIN_SIZE
         self.box_coder = det_utils.BoxCoder(BOX_WEIGHTS, XFORM_CLIP)
         self.matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
-        self.sampler = det_utils.BalancedPositiveNegativeSampler(128, 0.25)
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(64, 0.25)   # <= 8 objects an image
 
     def forward(self, images, targets, sizes):
         feats = self.stage1.features(images)
@@ -252,8 +252,16 @@ def make_sample(sample, rng):
     for k, a in enumerate(insts):
         x1, y1, x2, y2 = a["box"]
         boxes[k] = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
-        m = Image.fromarray((sample["owner"] == a["index"]).astype(np.uint8) * 255)
-        masks[k] = np.asarray(m.resize((new_w, new_h), Image.BILINEAR), np.float32) / 255
+        # area-resample only the window around the instance (a full-image resize per instance
+        # would cost more than generating the image)
+        u0, v0 = max(0, int(x1 * sx) - 2), max(0, int(y1 * sy) - 2)
+        u1, v1 = min(new_w, int(math.ceil(x2 * sx)) + 2), min(new_h, int(math.ceil(y2 * sy)) + 2)
+        c0, r0 = int(u0 / sx), int(v0 / sy)
+        c1, r1 = min(sample["width"], int(math.ceil(u1 / sx)) + 1), min(sample["height"], int(math.ceil(v1 / sy)) + 1)
+        crop = Image.fromarray((sample["owner"][r0:r1, c0:c1] == a["index"]).astype(np.uint8) * 255)
+        win = crop.resize((u1 - u0, v1 - v0), Image.BILINEAR,
+                          box=(u0 / sx - c0, v0 / sy - r0, u1 / sx - c0, v1 / sy - r0))
+        masks[k, v0:v1, u0:u1] = np.asarray(win, np.float32) / 255
     # one of the 8 symmetries of the square, applied to image, masks and boxes
     t = int(rng.integers(0, 8))
     h, w = new_h, new_w

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -165,6 +166,8 @@ def main():
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--checkpoint", default="/tmp/maskd-train/seg.pt")
     ap.add_argument("--out-dir", default=common.MODELS)
+    ap.add_argument("--snapshot-at", type=int, default=500,
+                    help="also keep the checkpoint of this step (train_det.py starts its backbone from it)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export-only", action="store_true")
@@ -215,6 +218,8 @@ def main():
                 state["seconds"] = time.time() - t_start
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict(), "state": state}, args.checkpoint)
+                if state["step"] == args.snapshot_at:
+                    shutil.copyfile(args.checkpoint, args.checkpoint.replace(".pt", "-step%d.pt" % args.snapshot_at))
             if args.val_every and state["step"] % args.val_every == 0 and state["step"] < args.steps:
                 evaluate(model, 999, 40, log)
                 model.train()
