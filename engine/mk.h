@@ -199,4 +199,14 @@ int mk_pool_slots(const mk_pool *pool);
 void *mk_aligned_alloc(size_t bytes); /* 64-byte aligned, zero bytes -> non-NULL */
 void mk_aligned_free(void *p);
 
+/* ---- CPU dispatch (cpu.c) ---------------------------------------------- */
+
+/* Instruction-set levels kernels are compiled for, in increasing order:
+ * AVX2 means AVX2 + FMA; AVX512 means F + BW + VL + DQ. */
+typedef enum mk_isa { MK_ISA_PORTABLE = 0, MK_ISA_AVX2, MK_ISA_AVX512 } mk_isa;
+/* The best level both the CPU and the OS support, lowered (never raised) by
+ * the environment variable MASKD_CPU=portable|avx2|avx512; computed once. */
+mk_isa mk_cpu_level(void);
+const char *mk_isa_name(mk_isa isa);
+
 #endif

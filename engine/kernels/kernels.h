@@ -5,8 +5,9 @@
  * Every kernel sees three spatial dimensions: 1-D and 2-D problems are padded
  * in front with unit dims (size 1, kernel 1, stride 1, pad 0), so one code
  * path serves all ranks.  The kernels are portable C written so the compiler
- * can vectorize the unit-stride inner loops; an NCHWc / AVX-512 family can be
- * added beside them and chosen by ops/conv.c without touching these.
+ * can vectorize the unit-stride inner loops; the depthwise kernel also has
+ * AVX2 and AVX-512 variants in the same binary, chosen once at run time from
+ * mk_cpu_level() (MASKD_CPU lowers the choice).
  */
 #ifndef MK_KERNELS_H
 #define MK_KERNELS_H

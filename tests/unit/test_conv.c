@@ -582,6 +582,47 @@ static conv_case random_case(enum kind kind)
     return cc;
 }
 
+/* Depthwise rows wide enough for the vector kernels' blocks, single vectors
+ * and masked remainders, for every kernel width and stride they specialize,
+ * dilated, with padding from none to past the kernel.  Run at each dispatch
+ * level (MASKD_CPU, see CMakeLists.txt). */
+static void depthwise_wide_cases(mk_pool *pool)
+{
+    static const int64_t widths[] = {1, 7, 14, 16, 17, 31, 33, 64, 65, 97, 112, 130};
+    int before = failed, count = 0;
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+        for (int64_t k = 3; k <= 7; k += 2)
+            for (int64_t s = 1; s <= 3; s++)
+                for (int64_t d = 1; d <= 3; d++) {
+                    if ((k == 7 || s == 3) && d == 3) continue;
+                    conv_case cc;
+                    memset(&cc, 0, sizeof cc);
+                    cc.rank = rng() % 4 == 0 ? 1 : 2;
+                    cc.n = 1, cc.c = cc.group = rnd(1, 3), cc.m = cc.c * rnd(1, 2);
+                    const int r = cc.rank - 1; /* the W dim */
+                    cc.in[r] = widths[wi];
+                    cc.k[r] = k, cc.s[r] = s, cc.d[r] = d;
+                    if (cc.rank == 2) cc.in[0] = rnd(1, 6), cc.k[0] = k, cc.s[0] = s, cc.d[0] = d;
+                    const int64_t eff = (k - 1) * d + 1;
+                    cc.has_pads = true;
+                    for (int i = 0; i < cc.rank; i++) {
+                        const int choice = (int)(rng() % 4);
+                        const int64_t half = eff / 2;
+                        cc.pads[i] = choice == 0 ? 0 : choice == 3 ? rnd(0, eff + 2) : half;
+                        cc.pads[i + cc.rank] = choice == 0 ? 0 : choice == 3 ? rnd(0, eff + 2) : half;
+                        int64_t padded = cc.in[i] + cc.pads[i] + cc.pads[i + cc.rank];
+                        if (padded < eff) cc.pads[i + cc.rank] += eff - padded;
+                    }
+                    cc.bias = rng() % 3 != 0;
+                    cc.w_const = rng() % 3 != 0;
+                    cc.act = rng() % 2 ? MK_ACT_RELU : MK_ACT_NONE;
+                    run_conv_case(&cc, pool);
+                    count++;
+                }
+    printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise wide", count,
+           failed - before, mk_isa_name(mk_cpu_level()));
+}
+
 /* Deterministic cases for the corners random draws may miss. */
 static void fixed_conv_cases(mk_pool *pool)
 {
@@ -857,6 +898,7 @@ int main(int argc, char **argv)
         return 1;
     }
     fixed_conv_cases(pool);
+    depthwise_wide_cases(pool);
     for (int kind = 0; kind < K_KINDS; kind++) {
         int before = failed;
         for (int i = 0; i < per_kind; i++) {
