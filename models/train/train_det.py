@@ -565,7 +565,7 @@ def write_card(path, args, metrics_, train_info, ops):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=2, help="training data stream + init seed")
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)

@@ -156,7 +156,7 @@ def write_card(path, args, metrics, train_info, ops):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=1, help="training data stream + init seed")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
