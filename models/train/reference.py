@@ -22,7 +22,11 @@ import sys
 import time
 
 import numpy as np
-import torch
+
+# On a shared machine OpenMP's spin-waiting burns most of the CPU a nice'd job gets (measured:
+# 2 threads cost ~8x the CPU of 1 per step); set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
