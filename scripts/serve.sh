@@ -45,7 +45,7 @@ if [[ ! -f $demo/deeplabv3.json || ! -f $demo/deeplabv3.onnx ]]; then
   mkdir -p "$demo"
   tmp=$(mktemp -d "$demo/export.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
-  # models/SERVING.md's worked example, without downloading weights.
+  # the README's "Serving your own model" example, without downloading weights.
   if ! /usr/bin/python3 - "$tmp" >"$tmp/export.log" 2>&1 <<'EOF'; then
 import json, os, sys
 import torch
