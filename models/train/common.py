@@ -191,10 +191,11 @@ class ASPP(nn.Module):
 
 class Stream(torch.utils.data.IterableDataset):
     """Endless training samples: generated, JPEG'd, decoded, letterboxed, augmented.
-    `make(sample, rng)` turns one generated sample into the tensors a model trains on."""
+    `make(sample, rng)` turns one generated sample into the tensors a model trains on;
+    `views` of them per generated image.  `start` is the first image index."""
 
-    def __init__(self, seed, make, start=0):
-        self.seed, self.make, self.start = seed, make, start
+    def __init__(self, seed, make, start=0, views=1):
+        self.seed, self.make, self.start, self.views = seed, make, start, views
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -203,7 +204,10 @@ class Stream(torch.utils.data.IterableDataset):
         i = self.start + wid
         while True:
             sample = stream.sample(i)
-            yield self.make(sample, np.random.default_rng([self.seed, i, 7]))
+            # drawing an image costs more than a training step on a crop of it: several
+            # differently augmented views of one image share that cost
+            for v in range(self.views):
+                yield self.make(sample, np.random.default_rng([self.seed, i, 7, v] if v else [self.seed, i, 7]))
             i += nw
 
 

@@ -552,7 +552,8 @@ def write_card(path, args, metrics_, train_info, ops):
                 "adaptive": {"density": "stage2 density"},
                 "limits": {"max_detections": 300, "iou": [0.1, 0.95]}},
         "onnx": {"opset": 13, "ops": ops},
-        "training": {"seed": args.seed, "command": "nice -n 19 /usr/bin/python3 models/train/train_det.py "
+        "training": {"seed": args.seed, "reproduce": "models/train/reproduce.sh",
+                     "command": "nice -n 19 /usr/bin/python3 models/train/train_det.py "
                      + " ".join(args.reproduce), **train_info},
         "accuracy": {"pytorch": metrics_, "maskd": None,
                      "notes": "pytorch = infer() in train_det.py (the reference path: PIL draft decode, bilinear "
@@ -581,6 +582,11 @@ def main():
     ap.add_argument("--out-dir", default=common.MODELS)
     ap.add_argument("--init-backbone", default="",
                     help="start the backbone from a train_seg.py checkpoint (it already knows the shapes)")
+    ap.add_argument("--init-from", default="",
+                    help="phase 2: start from this checkpoint's weights with a fresh optimizer and schedule")
+    ap.add_argument("--data-start", type=int, default=0,
+                    help="first image index of the training stream (phase 2 continues past phase 1's)")
+    ap.add_argument("--pct-start", type=float, default=0.05, help="OneCycle warm-up share")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export-only", action="store_true")
@@ -600,6 +606,11 @@ def main():
         ck = torch.load(args.checkpoint)
         model.load_state_dict(ck["model"])
         state = ck["state"]
+    elif args.init_from:
+        prev = torch.load(args.init_from)
+        model.load_state_dict(prev["model"])
+        state["previous"] = prev["state"]
+        log("weights from %s (%s)" % (args.init_from, prev["state"]))
     elif args.init_backbone:
         seg = torch.load(args.init_backbone)["model"]
         model.stage1.backbone.load_state_dict({k[len("backbone."):]: v for k, v in seg.items()
@@ -607,13 +618,14 @@ def main():
         log("backbone initialized from %s" % args.init_backbone)
 
     if not (args.eval_only or args.export_only):
+        state.setdefault("command", " ".join(["models/train/train_det.py"] + args.reproduce))
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=args.pct_start)
         if args.resume:
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
         data = torch.utils.data.DataLoader(
-            common.Stream(args.seed, make_sample, start=state["step"] * args.batch),
+            common.Stream(args.seed, make_sample, start=args.data_start + state["step"] * args.batch),
             batch_size=args.batch, num_workers=args.workers, collate_fn=collate,
             persistent_workers=args.workers > 0)
         model.stage1.to(memory_format=torch.channels_last)
@@ -658,7 +670,8 @@ def main():
     else:
         metrics_ = evaluate(model.stage1, model.stage2, args.eval_seed, args.eval_count, log)
     train_info = {"steps": state["step"], "batch": args.batch, "images_seen": state["step"] * args.batch,
-                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads}
+                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads,
+                  "previous_phase": state.get("previous")}
     write_card(card_path, args, metrics_, train_info, ops)
     log("card written")
 

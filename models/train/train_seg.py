@@ -10,6 +10,7 @@ GroupNorm (1x1, atrous 3/6/9, image pooling) -> DUC (1x1 conv to classes * 8 * 8
 PixelShuffle(8) = ONNX DepthToSpace CRD) -> logits at the input resolution.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -50,13 +51,22 @@ class SegNet(nn.Module):
         return self.duc(self.aspp(self.backbone(x)))
 
 
-def make_sample(sample, rng):
+def make_sample(sample, rng, crop=0):
+    """Letterboxed input and class map; with `crop`, a random crop x crop window of them at the
+    same scale (mostly over the image, not its padding) -- the DeepLab recipe: the network is
+    fully convolutional, and a crop costs a fraction of the full input to train on."""
     rgb, new_w, new_h = common.preprocess_train(sample, SIZE, rng)
     target = common.class_map_at_input(sample["classes"], new_w, new_h)
     rgb, target = common.dihedral([rgb, target], int(rng.integers(0, 8)))
     x = common.normalize_pad(rgb, SIZE)
     y = np.zeros((SIZE, SIZE), np.int64)
     y[:target.shape[0], :target.shape[1]] = target
+    if crop:
+        h, w = target.shape
+        x0 = int(rng.integers(0, max(0, w - crop) + 1))
+        y0 = int(rng.integers(0, max(0, h - crop) + 1))
+        x = np.ascontiguousarray(x[:, y0:y0 + crop, x0:x0 + crop])
+        y = np.ascontiguousarray(y[y0:y0 + crop, x0:x0 + crop])
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -66,6 +76,17 @@ def dice_loss(logits, target):
     inter = (prob * onehot).sum((0, 2, 3))
     denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     return 1 - ((2 * inter + 1) / (denom + 1)).mean()
+
+
+def pixel_loss(logits, target, hard_share):
+    """Cross-entropy over all pixels, or (hard_share > 0) over that share of the pixels the
+    model gets most wrong (online hard example mining): the errors that remain late in
+    training are shape interiors on busy backgrounds and small shapes, a few percent of the
+    pixels, which a mean over every pixel all but ignores."""
+    ce = F.cross_entropy(logits, target, reduction="none").reshape(-1)
+    if hard_share <= 0:
+        return ce.mean()
+    return ce.topk(max(1, int(hard_share * ce.numel()))).values.mean()
 
 
 def predict(model, jpeg):
@@ -143,7 +164,8 @@ def write_card(path, args, metrics, train_info, ops):
         "postprocess": {"upsample": "bilinear-logits", "alternatives": ["argmax-nearest"],
                         "crop_valid_region": True},
         "onnx": {"opset": 13, "ops": ops},
-        "training": {"seed": args.seed, "command": "nice -n 19 /usr/bin/python3 models/train/train_seg.py "
+        "training": {"seed": args.seed, "reproduce": "models/train/reproduce.sh",
+                     "command": "nice -n 19 /usr/bin/python3 models/train/train_seg.py "
                      + " ".join(args.reproduce), **train_info},
         "accuracy": {"pytorch": metrics, "maskd": None,
                      "notes": "pytorch = the reference path in train_seg.py (PIL draft decode, bilinear "
@@ -172,6 +194,16 @@ def main():
     ap.add_argument("--out-dir", default=common.MODELS)
     ap.add_argument("--snapshot-at", type=int, default=500,
                     help="also keep the checkpoint of this step (train_det.py starts its backbone from it)")
+    ap.add_argument("--init-from", default="",
+                    help="phase 2: start from this checkpoint's weights with a fresh optimizer and schedule")
+    ap.add_argument("--data-start", type=int, default=0,
+                    help="first image index of the training stream (phase 2 continues past phase 1's)")
+    ap.add_argument("--crop", type=int, default=0,
+                    help="train on random crop x crop windows of the %d x %d input (0 = whole input)" % (SIZE, SIZE))
+    ap.add_argument("--views", type=int, default=1, help="augmented views (crops) per generated image")
+    ap.add_argument("--hard-pixels", type=float, default=0.0,
+                    help="cross-entropy over this share of the hardest pixels only (0 = all pixels)")
+    ap.add_argument("--pct-start", type=float, default=0.05, help="OneCycle warm-up share")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export-only", action="store_true")
@@ -189,15 +221,22 @@ def main():
         ck = torch.load(args.checkpoint)
         model.load_state_dict(ck["model"])
         state = ck["state"]
+    elif args.init_from:
+        prev = torch.load(args.init_from)
+        model.load_state_dict(prev["model"])
+        state["previous"] = prev["state"]
+        log("weights from %s (%s)" % (args.init_from, prev["state"]))
 
     if not (args.eval_only or args.export_only):
+        state.setdefault("command", " ".join(["models/train/train_seg.py"] + args.reproduce))
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=args.pct_start)
         if args.resume:
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
         data = torch.utils.data.DataLoader(
-            common.Stream(args.seed, make_sample, start=state["step"] * args.batch),
+            common.Stream(args.seed, functools.partial(make_sample, crop=args.crop),
+                          start=args.data_start + state["step"] * args.batch // args.views, views=args.views),
             batch_size=args.batch, num_workers=args.workers, persistent_workers=args.workers > 0)
         model.to(memory_format=torch.channels_last)   # depthwise convs are ~5x faster so on CPU
         model.train()
@@ -206,7 +245,7 @@ def main():
             if state["step"] >= args.steps:
                 break
             logits = model(x.to(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits, y) + 0.5 * dice_loss(logits, y)
+            loss = pixel_loss(logits, y, args.hard_pixels) + 0.5 * dice_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -238,8 +277,10 @@ def main():
         metrics = json.load(open(os.path.join(args.out_dir, "shapes-seg.json")))["accuracy"]["pytorch"]
     else:
         metrics = evaluate(model, args.eval_seed, args.eval_count, log)
-    train_info = {"steps": state["step"], "batch": args.batch, "images_seen": state["step"] * args.batch,
-                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads}
+    train_info = {"steps": state["step"], "batch": args.batch, "crop": args.crop or SIZE,
+                  "images_seen": state["step"] * args.batch // args.views,
+                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads,
+                  "previous_phase": state.get("previous")}
     write_card(os.path.join(args.out_dir, "shapes-seg.json"), args, metrics, train_info, ops)
     log("card written")
 
