@@ -933,13 +933,73 @@ def section_sigterm(maskd, work, base, imgs):
     check("SIGTERM: exit code 0", rc == 0, rc)
 
 
+def box_iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def section_shipped(maskd, work):
+    """The repository's own config/maskd.json with the shipped shapes models, as the README's
+    first command serves them: a square and a circle drawn at known places are found there by
+    shapes-det and shapes-seg, and raw, multipart and v2 BYTES uploads give the same answer."""
+    repo = os.path.dirname(os.path.dirname(HERE))
+    cfg_path = os.path.join(repo, "config", "maskd.json")
+    cfg = json.load(open(cfg_path))
+    cards = {k: os.path.normpath(os.path.join(os.path.dirname(cfg_path), v)) for k, v in cfg["models"].items()}
+    missing = [c for c in cards.values() if not os.path.exists(c)]
+    if missing:
+        print(f"SKIP shipped models: {', '.join(missing)} missing")
+        return
+    cfg.pop("_comment", None)
+    cfg.update({"models": cards, "port": 0, "listen": "127.0.0.1"})
+    square, circle = (200, 120, 360, 280), (440, 290, 560, 410)
+    im = Image.new("RGB", (640, 480), (225, 225, 215))
+    dr = ImageDraw.Draw(im)
+    dr.rectangle([square[0], square[1], square[2] - 1, square[3] - 1], fill=(30, 60, 160))
+    dr.ellipse([circle[0], circle[1], circle[2] - 1, circle[3] - 1], fill=(230, 120, 20))
+    jpg = encode(im, "JPEG", quality=90)
+    d = Daemon(maskd, work, "shipped", cfg)
+    try:
+        check("shipped: daemon on config/maskd.json becomes ready", d.wait_ready(180))
+        r = d.post("/v1/models/shapes-det/predict", jpg, "image/jpeg")
+        dets = (r.json() or {}).get("detections", [])
+        for label, want in (("square", square), ("circle", circle)):
+            best = max((d_["score"] for d_ in dets if d_["label"] == label and box_iou(d_["box"], want) >= 0.85),
+                       default=0.0)
+            check(f"shipped: shapes-det finds the {label} where it was drawn (IoU >= 0.85, score > 0.5)",
+                  r.status == 200 and best > 0.5, json.dumps(dets[:4])[:600])
+        body, ctype = multipart([("image", "shapes.jpg", "image/jpeg", jpg)])
+        mp = d.post("/v1/models/shapes-det/predict", body, ctype)
+        v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                          "data": [base64.b64encode(jpg).decode()]}]}
+        r2 = d.post("/v2/models/shapes-det/infer", json.dumps(v2), "application/json")
+        try:
+            inner = json.loads((r2.json() or {})["outputs"][0]["data"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            inner = {}
+        check("shipped: multipart and v2 BYTES give the raw upload's detections",
+              mp.status == 200 and r2.status == 200 and (mp.json() or {}).get("detections") == dets
+              and inner.get("detections") == dets, mp.body[:200])
+        r = d.post("/v1/models/shapes-seg/predict", jpg, "image/jpeg")
+        segs = {s_["label"]: s_["box"] for s_ in (r.json() or {}).get("segments", [])}
+        check("shipped: shapes-seg segments the square and the circle where they were drawn",
+              r.status == 200 and box_iou(segs.get("square", (0, 0, 0, 0)), square) >= 0.9
+              and box_iou(segs.get("circle", (0, 0, 0, 0)), circle) >= 0.9, json.dumps(segs))
+    finally:
+        rc = d.stop()
+    check("shipped daemon exits 0 on SIGTERM", rc == 0, rc)
+
+
 def main():
     global only, VALGRIND
     ap = argparse.ArgumentParser()
     ap.add_argument("--maskd", required=True)
     ap.add_argument("--work-dir", required=True)
     ap.add_argument("--only", default=None,
-                    help="comma-separated sections: check_config, routes, bad, overload, auth, sighup, sigterm")
+                    help="comma-separated sections: check_config, routes, bad, overload, auth, sighup, sigterm, shipped")
     ap.add_argument("--valgrind", action="store_true",
                     help="run each daemon under valgrind (exit code 99 on errors or definite leaks); "
                          "slow: pick sections with --only routes,bad")
@@ -990,6 +1050,8 @@ def main():
         section_sighup(a.maskd, work, base, imgs)
     if want("sigterm"):
         section_sigterm(a.maskd, work, base, imgs)
+    if want("shipped") and not VALGRIND:
+        section_shipped(a.maskd, work)
     print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
     return 1 if failed else 0
 

@@ -108,6 +108,27 @@ def eval_det(args, card, out):
     check("shapes-det mask mAP@0.5 >= 0.90", mask["mAP@0.5"] >= 0.90, f"{mask['mAP@0.5']:.4f}")
 
 
+def record(args, name, card_path, measured):
+    """The card states the accuracy maskd measures: written with --write-cards, checked otherwise."""
+    card = json.load(open(card_path))
+    numbers = {k: v for k, v in measured.items() if k != "seconds"}
+    if args.write_cards:
+        card.setdefault("accuracy", {})["maskd"] = numbers
+        with open(card_path, "w") as f:
+            json.dump(card, f, indent=2)
+            f.write("\n")
+        print(f"wrote accuracy.maskd into {card_path}")
+        return
+    stated = (card.get("accuracy") or {}).get("maskd") or {}
+    if stated.get("eval_seed") != args.seed or stated.get("eval_images") != args.count:
+        print(f"SKIP {name}: the card's numbers are for another image set")
+        return
+    keys = [k for k, v in numbers.items() if isinstance(v, float)]
+    off = [f"{k}: card {stated.get(k)}, measured {numbers[k]:.4f}" for k in keys
+           if not isinstance(stated.get(k), (int, float)) or abs(stated[k] - numbers[k]) > 0.005]
+    check(f"{name}: the card records the accuracy measured here", not off, "; ".join(off))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--maskd", required=True)
@@ -117,6 +138,9 @@ def main():
     ap.add_argument("--results", help="write the measured numbers here (JSON)")
     ap.add_argument("--models-dir", default=os.path.join(REPO, "models"),
                     help="where shapes-seg.json and shapes-det.json are")
+    ap.add_argument("--write-cards", action="store_true",
+                    help="record the measured numbers in the cards (accuracy.maskd); without it, "
+                         "check that the cards record what was measured")
     args = ap.parse_args()
     out = {}
     ran = False
@@ -130,6 +154,8 @@ def main():
             fn(args, card, out)
         except Exception as e:  # one model failing must not hide the other's numbers
             check(f"{name}: measured", False, str(e))
+            continue
+        record(args, name, card, out[name])
     if args.results and out:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
         with open(args.results, "w") as f:

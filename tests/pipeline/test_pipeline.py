@@ -652,7 +652,28 @@ def two_stage_modules(seed):
     return train_det, s1, s2
 
 
-def compare_two_stage(args, train_det, s1, s2, card, images, strict):
+def shapes_pngs(generate, seed, count, work, prefix):
+    """Shapes images as PNG files (lossless, so maskd and PyTorch see the same pixels)."""
+    from PIL import Image
+    stream = generate.ShapesStream(seed)
+    paths = []
+    for i in range(count):
+        sample = stream.sample(i, decode=False)
+        paths.append(os.path.join(work, f"{prefix}{i}.png"))
+        Image.open(io.BytesIO(sample["jpeg"])).convert("RGB").save(paths[-1])
+    return paths
+
+
+def every_nms_method(args, image, card, what):
+    """Each NMS method the card allows runs through the pipeline and keeps boxes in the image."""
+    for method in json.load(open(card))["nms"]["allowed"]:
+        rc, doc, err = predict(args, image, card, "--nms", method)
+        ok = rc == 0 and doc["nms"]["method"] == method and len(doc["detections"]) > 0
+        ok = ok and all(0 <= d["box"][0] <= d["box"][2] <= doc["image"]["width"] for d in doc["detections"])
+        check(f"{what}: nms={method} runs", ok, err.strip())
+
+
+def compare_two_stage(args, train_det, s1, s2, card, images, strict, what=""):
     """maskd predict vs train_det.infer() (hard NMS) on PNG files (lossless, so both sides
     see the same pixels)."""
     total = matched = mask_bad = 0
@@ -677,7 +698,7 @@ def compare_two_stage(args, train_det, s1, s2, card, images, strict):
             worst.append(f"{os.path.basename(png)}: {len(pairs)}/{len(ref)} matched")
     need = 1.0 if strict else 0.9
     ok = total > 0 and matched >= need * total and mask_bad == 0 and not (strict and worst)
-    return check(f"two-stage {'trained' if strict else 'random-weight'} model: detections equal "
+    return check(f"two-stage {what or 'random-weight model'}: detections equal "
                  f"PyTorch's infer() (IoU >= 0.99, |score diff| <= 1e-3, masks)", ok,
                  f"{matched}/{total} matched, {mask_bad} masks differ; " + "; ".join(worst[:4]))
 
@@ -696,21 +717,9 @@ def case_two_stage(args):
         reproduce = []
     card = os.path.join(work, "shapes-det.json")
     train_det.write_card(card, Args, {"eval_seed": -1}, {}, ops)
-    stream = train_det.generate.ShapesStream(4242)
-    images = []
-    for i in range(6):
-        sample = stream.sample(i, decode=False)
-        png = os.path.join(work, f"img{i}.png")
-        Image.open(io.BytesIO(sample["jpeg"])).convert("RGB").save(png)
-        images.append(png)
+    images = shapes_pngs(train_det.generate, 4242, 6, work, "img")
     compare_two_stage(args, train_det, s1, s2, card, images, strict=False)
-
-    for method in ["hard", "soft-linear", "soft-gaussian", "weighted", "diou", "softer", "adaptive",
-                   "matrix", "cluster"]:
-        rc, doc, err = predict(args, images[0], card, "--nms", method)
-        ok = rc == 0 and doc["nms"]["method"] == method and len(doc["detections"]) > 0
-        ok = ok and all(0 <= d["box"][0] <= d["box"][2] <= doc["image"]["width"] for d in doc["detections"])
-        check(f"two-stage: nms={method} runs", ok, err.strip())
+    every_nms_method(args, images[0], card, "two-stage")
     # A stage-2 graph with a fixed ROI count gets the ROIs in padded batches.
     c = json.load(open(card))
     c["stage2"]["batch"] = 7
@@ -742,25 +751,28 @@ def case_two_stage(args):
     rc, doc, err = predict(args, images[0], card, "--render", os.path.join(work, "render.png"))
     check("two-stage: --render writes a PNG", rc == 0 and os.path.getsize(os.path.join(work, "render.png")) > 0)
 
-    # The shipped model, when its training checkpoint is at hand (the lead's / trainer's machine).
+    # The shipped model: its committed graphs run by torch ops (models/train/onnx_torch.py) through
+    # train_det.infer() -- on any checkout -- and, when the training checkpoint is at hand (the
+    # trainer's machine), the PyTorch modules themselves.
     shipped = os.path.join(REPO, "models", "shapes-det.json")
+    if not os.path.exists(shipped):
+        print("SKIP two-stage shipped model: models/shapes-det.json is missing")
+        return
+    images = shapes_pngs(train_det.generate, 777, 20, work, "shipped")
+    import onnx_torch
+    g1 = onnx_torch.OnnxGraph(os.path.join(REPO, "models", "shapes-det-stage1.onnx"))
+    g2 = onnx_torch.OnnxGraph(os.path.join(REPO, "models", "shapes-det-stage2.onnx"))
+    compare_two_stage(args, train_det, g1, g2, shipped, images, strict=True, what="shipped graphs (torch ops)")
+    every_nms_method(args, images[0], shipped, "shipped shapes-det")
     ckpt = os.environ.get("MASKD_DET_CHECKPOINT", "/tmp/maskd-train/det.pt")
-    if os.path.exists(shipped) and os.path.exists(ckpt):
+    if os.path.exists(ckpt):
         ck = torch.load(ckpt)
         det = train_det.Detector()
         det.load_state_dict(ck["model"])
-        t1, t2 = det.stage1.eval(), det.stage2.eval()
-        stream = train_det.generate.ShapesStream(777)
-        images = []
-        for i in range(20):
-            sample = stream.sample(i, decode=False)
-            png = os.path.join(work, f"shipped{i}.png")
-            Image.open(io.BytesIO(sample["jpeg"])).convert("RGB").save(png)
-            images.append(png)
-        compare_two_stage(args, train_det, t1, t2, shipped, images, strict=True)
+        compare_two_stage(args, train_det, det.stage1.eval(), det.stage2.eval(), shipped, images,
+                          strict=True, what=f"training checkpoint {ckpt}")
     else:
-        print("SKIP two-stage shipped model: needs models/shapes-det.json and the checkpoint "
-              f"{ckpt} (MASKD_DET_CHECKPOINT)")
+        print(f"SKIP two-stage training checkpoint: {ckpt} (MASKD_DET_CHECKPOINT) is not here")
 
 
 def case_shapes_seg(args):
