@@ -120,6 +120,10 @@ def record(args, name, card_path, measured):
         print(f"wrote accuracy.maskd into {card_path}")
         return
     stated = (card.get("accuracy") or {}).get("maskd") or {}
+    if not stated:
+        check(f"{name}: the card records maskd's accuracy (accuracy.maskd)", False,
+              f"missing in {card_path}: run with --write-cards")
+        return
     if stated.get("eval_seed") != args.seed or stated.get("eval_images") != args.count:
         print(f"SKIP {name}: the card's numbers are for another image set")
         return
