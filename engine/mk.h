@@ -209,4 +209,14 @@ typedef enum mk_isa { MK_ISA_PORTABLE = 0, MK_ISA_AVX2, MK_ISA_AVX512 } mk_isa;
 mk_isa mk_cpu_level(void);
 const char *mk_isa_name(mk_isa isa);
 
+/* For a small hot loop a second, AVX2 build picked by the loader (an ifunc)
+ * is enough.  Off under the sanitizers: their runtimes are not yet set up
+ * when the dynamic loader runs an ifunc resolver, so the resolver crashes. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define MK_TARGET_CLONES(...) __attribute__((target_clones(__VA_ARGS__)))
+#else
+#define MK_TARGET_CLONES(...)
+#endif
+
 #endif

@@ -393,16 +393,9 @@ typedef struct greedy_buf {
     unsigned char *dead;
 } greedy_buf;
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__SANITIZE_ADDRESS__)
-#define MK_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MK_CLONES
-#endif
-
 /* Marks the boxes in [from, to) whose IoU with M exceeds thr; returns how
  * many were newly marked. */
-MK_CLONES
+MK_TARGET_CLONES("avx2", "default")
 static int64_t suppress_pass(const float *restrict x1, const float *restrict y1,
                              const float *restrict x2, const float *restrict y2,
                              const float *restrict area, unsigned char *restrict dead,

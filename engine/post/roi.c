@@ -199,10 +199,7 @@ static inline void accumulate_nhwc(float *restrict acc, int64_t C, const float *
 
 /* The per-ROI work is a few vector multiply-adds per sample and channel:
  * worth an AVX2+FMA build beside the portable one, picked at load time. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+MK_TARGET_CLONES("arch=x86-64-v3", "default")
 static void align_one(const align_job *j, int64_t r, int slot)
 {
     const maskd_roi_align_options *o = j->opt;
