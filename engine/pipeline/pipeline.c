@@ -397,6 +397,17 @@ int maskd_request_parse(maskd_request *req, const maskd_pipeline *p, int n,
         if (given[k]) return mk_fail(err, MASKD_ERR_INVALID, "%s: given twice", keys[i]);
         given[k] = values[i] ? values[i] : "";
     }
+    /* An option the model's pipeline has no use for is an error, not something to drop:
+     * the client believes it changed the answer. Options 0..5 steer NMS, 7 upsampling. */
+    bool segmenter = p->card.pipeline == MASKD_PIPELINE_SEGMENT;
+    for (int k = 0; k < N_KNOWN; k++) {
+        bool detection_only = k <= 5, segment_only = k == 7;
+        if (given[k] && ((segmenter && detection_only) || (!segmenter && segment_only)))
+            return mk_fail(err, MASKD_ERR_INVALID,
+                           "option '%s' does not apply to model '%s': it is a %s", known[k],
+                           p->card.name ? p->card.name : "",
+                           segmenter ? "segmenter (no boxes, no NMS)" : "detector (no class map to upsample)");
+    }
     int rc;
     if (given[0]) {
         maskd_nms_method m;

@@ -528,8 +528,12 @@ def raw_exchange(port, data, read_timeout=10, send_more=None):
 def section_bad_inputs(d, imgs):
     png, jpg = imgs["png"], imgs["jpg"]
     P = "/v1/models/seg/predict"
+    D = "/v1/models/det/predict"
     mp_ok, mp_ct = multipart([("image", "s.png", "image/png", png)])
     cases = [
+        ("nms option on a segmenter", lambda: d.post(P + "?nms=hard", png, "image/png"), 400),
+        ("iou on a segmenter", lambda: d.post(P + "?iou=0.5", png, "image/png"), 400),
+        ("upsample on a detector", lambda: d.post(D + "?upsample=argmax-nearest", png, "image/png"), 400),
         ("empty body", lambda: d.post(P, b"", "image/png"), 400),
         ("no Content-Type", lambda: d.request("POST", P, body=png, headers={}), 415),
         ("text/plain", lambda: d.post(P, png, "text/plain"), 415),
@@ -561,18 +565,18 @@ def section_bad_inputs(d, imgs):
         ("GET on predict", lambda: d.get(P), 405),
         ("DELETE /v1/models", lambda: d.request("DELETE", "/v1/models"), 405),
         ("POST /healthz", lambda: d.post("/healthz", b"x", "text/plain"), 405),
-        ("iou=2", lambda: d.post(P + "?iou=2", png, "image/png"), 400),
+        ("iou=2", lambda: d.post(D + "?iou=2", png, "image/png"), 400),
         ("nms=softer on a model without variances", lambda: d.post("/v1/models/det/predict?nms=softer", png, "image/png"), 400),
         ("nms=adaptive on a model without densities", lambda: d.post("/v1/models/det/predict?nms=adaptive", png, "image/png"), 400),
         ("classes=99 (no such class)", lambda: d.post(P + "?classes=99", png, "image/png"), 400),
-        ("iou=abc", lambda: d.post(P + "?iou=abc", png, "image/png"), 400),
-        ("nms=foo", lambda: d.post(P + "?nms=foo", png, "image/png"), 400),
-        ("max_detections=-1", lambda: d.post(P + "?max_detections=-1", png, "image/png"), 400),
-        ("score_threshold=1.5", lambda: d.post(P + "?score_threshold=1.5", png, "image/png"), 400),
-        ("sigma=0", lambda: d.post(P + "?sigma=0", png, "image/png"), 400),
+        ("iou=abc", lambda: d.post(D + "?iou=abc", png, "image/png"), 400),
+        ("nms=foo", lambda: d.post(D + "?nms=foo", png, "image/png"), 400),
+        ("max_detections=-1", lambda: d.post(D + "?max_detections=-1", png, "image/png"), 400),
+        ("score_threshold=1.5", lambda: d.post(D + "?score_threshold=1.5", png, "image/png"), 400),
+        ("sigma=0", lambda: d.post(D + "?sigma=0", png, "image/png"), 400),
         ("format=jpeg", lambda: d.post(P + "?format=jpeg", png, "image/png"), 400),
         ("classes=a,b", lambda: d.post(P + "?classes=a,b", png, "image/png"), 400),
-        ("class_agnostic=maybe", lambda: d.post(P + "?class_agnostic=maybe", png, "image/png"), 400),
+        ("class_agnostic=maybe", lambda: d.post(D + "?class_agnostic=maybe", png, "image/png"), 400),
         ("unknown query parameter", lambda: d.post(P + "?iuo=0.3", png, "image/png"), 400),
         ("v2: malformed JSON", lambda: d.post("/v2/models/seg/infer", b'{"inputs": [', "application/json"), 400),
         ("v2: JSON array body", lambda: d.post("/v2/models/seg/infer", b"[]", "application/json"), 400),
