@@ -53,13 +53,7 @@ for s in $sizes; do
 done
 [[ -n ${concurrency// /} && -n ${sizes// /} ]] || { echo "bench/http: nothing to run" >&2; exit 64; }
 
-if ! dpkg-query -W -f='${Status}' wrk 2>/dev/null | grep -q "install ok installed"; then
-  echo "bench/http: installing wrk" >&2
-  SUDO=""
-  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
+"$root/scripts/install-deps.sh" --bench   # wrk
 
 if [[ ! -x $maskd ]]; then
   echo "bench/http: no maskd at $maskd; build it first, from $root:" >&2

@@ -274,25 +274,31 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
     }
 }
 
-/* One output row, or two (NR) sharing their kernel rows: the second's FMA
- * chains run beside the first's where a row is too short for blocks. */
+/* The specializations a vector row body is compiled into, picked per call:
+ * kernel widths 3 and 5 unrolled and any other width, strides 1 and 2, one or
+ * two output rows (NR; the second's FMA chains run beside the first's where a
+ * row is too short for blocks).  Other strides go portable. */
+#define ROW_BODY_NR(body, KW, S)                                                 \
+    do {                                                                         \
+        if (nr == 2) body(ys, g, xss, ws, n_rows, KW, S, 2, bias);               \
+        else body(ys, g, xss, ws, n_rows, KW, S, 1, bias);                       \
+    } while (0)
+#define ROW_DISPATCH(body)                                                       \
+    do {                                                                         \
+        const int64_t kw = g->kw, sw = g->sw;                                    \
+        if (sw == 1 && kw == 3) ROW_BODY_NR(body, 3, 1);                         \
+        else if (sw == 1 && kw == 5) ROW_BODY_NR(body, 5, 1);                    \
+        else if (sw == 1) ROW_BODY_NR(body, (int)kw, 1);                         \
+        else if (sw == 2 && kw == 3) ROW_BODY_NR(body, 3, 2);                    \
+        else if (sw == 2 && kw == 5) ROW_BODY_NR(body, 5, 2);                    \
+        else if (sw == 2) ROW_BODY_NR(body, (int)kw, 2);                         \
+        else row_portable(ys, g, xss, ws, n_rows, nr, bias);                     \
+    } while (0)
+
 AVX2_TARGET static void row_avx2(float *const *ys, const dw_row *g, const float *const *const *xss,
                                  const float *const *ws, int n_rows, int nr, float bias)
 {
-    const int64_t kw = g->kw, sw = g->sw;
-#define ROW_AVX2(KW, S)                                                          \
-    do {                                                                             \
-        if (nr == 2) row_avx2_body(ys, g, xss, ws, n_rows, KW, S, 2, bias);             \
-        else row_avx2_body(ys, g, xss, ws, n_rows, KW, S, 1, bias);                     \
-    } while (0)
-    if (sw == 1 && kw == 3) ROW_AVX2(3, 1);
-    else if (sw == 1 && kw == 5) ROW_AVX2(5, 1);
-    else if (sw == 1) ROW_AVX2((int)kw, 1);
-    else if (sw == 2 && kw == 3) ROW_AVX2(3, 2);
-    else if (sw == 2 && kw == 5) ROW_AVX2(5, 2);
-    else if (sw == 2) ROW_AVX2((int)kw, 2);
-    else row_portable(ys, g, xss, ws, n_rows, nr, bias);
-#undef ROW_AVX2
+    ROW_DISPATCH(row_avx2_body);
 }
 
 /* AVX-512: the same with 16 lanes and mask registers. */
@@ -370,26 +376,13 @@ AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row 
     }
 }
 
-/* One output row, or two (NR) sharing their kernel rows: the second's FMA
- * chains run beside the first's where a row is too short for blocks. */
 AVX512_TARGET static void row_avx512(float *const *ys, const dw_row *g, const float *const *const *xss,
-                                 const float *const *ws, int n_rows, int nr, float bias)
+                                     const float *const *ws, int n_rows, int nr, float bias)
 {
-    const int64_t kw = g->kw, sw = g->sw;
-#define ROW_AVX512(KW, S)                                                          \
-    do {                                                                             \
-        if (nr == 2) row_avx512_body(ys, g, xss, ws, n_rows, KW, S, 2, bias);             \
-        else row_avx512_body(ys, g, xss, ws, n_rows, KW, S, 1, bias);                     \
-    } while (0)
-    if (sw == 1 && kw == 3) ROW_AVX512(3, 1);
-    else if (sw == 1 && kw == 5) ROW_AVX512(5, 1);
-    else if (sw == 1) ROW_AVX512((int)kw, 1);
-    else if (sw == 2 && kw == 3) ROW_AVX512(3, 2);
-    else if (sw == 2 && kw == 5) ROW_AVX512(5, 2);
-    else if (sw == 2) ROW_AVX512((int)kw, 2);
-    else row_portable(ys, g, xss, ws, n_rows, nr, bias);
-#undef ROW_AVX512
+    ROW_DISPATCH(row_avx512_body);
 }
+#undef ROW_DISPATCH
+#undef ROW_BODY_NR
 #endif
 
 static row_fn row_kernel = row_portable;

@@ -206,9 +206,28 @@ class Stream(torch.utils.data.IterableDataset):
             sample = stream.sample(i)
             # drawing an image costs more than a training step on a crop of it: several
             # differently augmented views of one image share that cost
+            # (view 0 keeps the single-view seed, so a one-view stream is what it always was)
             for v in range(self.views):
                 yield self.make(sample, np.random.default_rng([self.seed, i, 7, v] if v else [self.seed, i, 7]))
             i += nw
+
+
+def add_phase_args(ap):
+    """The options that make a second training phase: weights from a checkpoint, a fresh
+    one-cycle schedule, and images the first phase never drew."""
+    ap.add_argument("--init-from", default="",
+                    help="phase 2: start from this checkpoint's weights with a fresh optimizer and schedule")
+    ap.add_argument("--data-start", type=int, default=0,
+                    help="first image index of the training stream (phase 2 continues past phase 1's)")
+    ap.add_argument("--pct-start", type=float, default=0.05, help="OneCycle warm-up share")
+
+
+def init_from(model, path, state, log):
+    """Loads a previous phase's weights; its state (steps, seconds, command) goes on record."""
+    prev = torch.load(path)
+    model.load_state_dict(prev["model"])
+    state["previous"] = prev["state"]
+    log("weights from %s (%s)" % (path, prev["state"]))
 
 
 def set_threads(n=2):

@@ -582,11 +582,7 @@ def main():
     ap.add_argument("--out-dir", default=common.MODELS)
     ap.add_argument("--init-backbone", default="",
                     help="start the backbone from a train_seg.py checkpoint (it already knows the shapes)")
-    ap.add_argument("--init-from", default="",
-                    help="phase 2: start from this checkpoint's weights with a fresh optimizer and schedule")
-    ap.add_argument("--data-start", type=int, default=0,
-                    help="first image index of the training stream (phase 2 continues past phase 1's)")
-    ap.add_argument("--pct-start", type=float, default=0.05, help="OneCycle warm-up share")
+    common.add_phase_args(ap)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export-only", action="store_true")
@@ -607,10 +603,7 @@ def main():
         model.load_state_dict(ck["model"])
         state = ck["state"]
     elif args.init_from:
-        prev = torch.load(args.init_from)
-        model.load_state_dict(prev["model"])
-        state["previous"] = prev["state"]
-        log("weights from %s (%s)" % (args.init_from, prev["state"]))
+        common.init_from(model, args.init_from, state, log)
     elif args.init_backbone:
         seg = torch.load(args.init_backbone)["model"]
         model.stage1.backbone.load_state_dict({k[len("backbone."):]: v for k, v in seg.items()

@@ -194,16 +194,12 @@ def main():
     ap.add_argument("--out-dir", default=common.MODELS)
     ap.add_argument("--snapshot-at", type=int, default=500,
                     help="also keep the checkpoint of this step (train_det.py starts its backbone from it)")
-    ap.add_argument("--init-from", default="",
-                    help="phase 2: start from this checkpoint's weights with a fresh optimizer and schedule")
-    ap.add_argument("--data-start", type=int, default=0,
-                    help="first image index of the training stream (phase 2 continues past phase 1's)")
     ap.add_argument("--crop", type=int, default=0,
                     help="train on random crop x crop windows of the %d x %d input (0 = whole input)" % (SIZE, SIZE))
     ap.add_argument("--views", type=int, default=1, help="augmented views (crops) per generated image")
     ap.add_argument("--hard-pixels", type=float, default=0.0,
                     help="cross-entropy over this share of the hardest pixels only (0 = all pixels)")
-    ap.add_argument("--pct-start", type=float, default=0.05, help="OneCycle warm-up share")
+    common.add_phase_args(ap)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export-only", action="store_true")
@@ -222,10 +218,7 @@ def main():
         model.load_state_dict(ck["model"])
         state = ck["state"]
     elif args.init_from:
-        prev = torch.load(args.init_from)
-        model.load_state_dict(prev["model"])
-        state["previous"] = prev["state"]
-        log("weights from %s (%s)" % (args.init_from, prev["state"]))
+        common.init_from(model, args.init_from, state, log)
 
     if not (args.eval_only or args.export_only):
         state.setdefault("command", " ".join(["models/train/train_seg.py"] + args.reproduce))

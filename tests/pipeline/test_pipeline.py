@@ -780,7 +780,6 @@ def case_shapes_seg(args):
     weights: maskd's class map equals the training code's reference predict()."""
     import torch
     import torch.nn.functional as F
-    from PIL import Image
     sys.path.insert(0, os.path.join(REPO, "models", "train"))
     import train_seg
     work = os.path.join(args.work_dir, "shapes_seg")
@@ -802,12 +801,8 @@ def case_shapes_seg(args):
         reproduce = []
     card = os.path.join(work, "shapes-seg.json")
     train_seg.write_card(card, Args, {"eval_seed": -1}, {}, ops)
-    stream = train_seg.generate.ShapesStream(4243)
     worst = 1.0
-    for i in range(4):
-        sample = stream.sample(i, decode=False)
-        png = os.path.join(work, f"img{i}.png")
-        Image.open(io.BytesIO(sample["jpeg"])).convert("RGB").save(png)
+    for png in shapes_pngs(train_seg.generate, 4243, 4, work, "img"):
         data = open(png, "rb").read()
         x, info = train_seg.common.preprocess(data, train_seg.SIZE)
         with torch.no_grad():
