@@ -1,17 +1,20 @@
 /*
  * Convolution kernels shared by ops/conv.c: geometry, im2col / col2im over
- * tiles of flattened positions, and the direct depthwise kernel.
+ * tiles of flattened positions, the direct depthwise kernel, and the sgemm
+ * that runs on weights packed at load.
  *
  * Every kernel sees three spatial dimensions: 1-D and 2-D problems are padded
  * in front with unit dims (size 1, kernel 1, stride 1, pad 0), so one code
  * path serves all ranks.  The kernels are portable C written so the compiler
- * can vectorize the unit-stride inner loops; the depthwise kernel also has
- * AVX2 and AVX-512 variants in the same binary, chosen once at run time from
- * mk_cpu_level() (MASKD_CPU lowers the choice).
+ * can vectorize the unit-stride inner loops; the depthwise kernel and the
+ * sgemm also have AVX2 and AVX-512 variants in the same binary, chosen once
+ * at run time from mk_cpu_level() (MASKD_CPU lowers the choice).
  */
 #ifndef MK_KERNELS_H
 #define MK_KERNELS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum { MK_CONV_DIMS = 3 };
@@ -97,5 +100,62 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
  */
 void mk_depthwise_plane(const float *x, const float *w, float bias,
                         const mk_conv_geom *g, float *y);
+
+/*
+ * sgemm with A packed once (kernels/sgemm.c), for conv weights:
+ *     C[m0, m0 + mn) x [0, n) = (accumulate ? C : 0) + A[m0.., k0..k0+kn) B
+ * then the epilogue, B being kn x n.  A is packed into panels of
+ * MK_SGEMM_MR rows, [panel][k][MR], the same for every instruction set.
+ * Single-threaded: callers split the work.
+ */
+enum { MK_SGEMM_MR = 8 };
+
+typedef struct mk_packed_a {
+    const float *data; /* mk_sgemm_packed_a_floats(m, k) floats */
+    int64_t m, k;
+} mk_packed_a;
+
+/* B: row k starts at rows[k] when rows is not NULL, else at data + k * ld.
+ * Its n columns are contiguous, or, when 0 < seg_w < n, come in segments of
+ * seg_w floats that start seg_stride apart (a rectangle of a plane: rows of
+ * the rectangle are the segments). */
+typedef struct mk_sgemm_b {
+    const float *data;
+    int64_t ld;
+    const float *const *rows;
+    int64_t seg_w, seg_stride;
+} mk_sgemm_b;
+
+typedef enum mk_sgemm_clamp {
+    MK_SGEMM_CLAMP_NONE,
+    MK_SGEMM_CLAMP_RELU, /* x > 0 ? x : 0, as the Relu op (NaN -> 0) */
+    MK_SGEMM_CLAMP_CLIP, /* min(max(x, lo), hi), as the Clip op */
+} mk_sgemm_clamp;
+
+/* Applied to C as it is stored: + bias[row - m0] (bias may be NULL), then the
+ * clamp. */
+typedef struct mk_sgemm_epilogue {
+    const float *bias;
+    mk_sgemm_clamp clamp;
+    float lo, hi;
+} mk_sgemm_epilogue;
+
+size_t mk_sgemm_packed_a_floats(int64_t m, int64_t k);
+/* Packs A (m x k, row stride lda).  taps > 1 reorders K: a's columns are
+ * channel-major [channel][tap] (a conv weight), the packed K is tap-major
+ * (k = tap * channels + channel), so a run of taps is a contiguous K range;
+ * taps = 1 packs a plain matrix.  k must be a multiple of taps. */
+void mk_sgemm_pack_a(const float *a, int64_t lda, int64_t m, int64_t k, int64_t taps,
+                     float *packed);
+/* Scratch mk_sgemm_packed needs for n columns (any K), no alignment needed. */
+size_t mk_sgemm_scratch_bytes(int64_t n);
+/* The product above; ep NULL for none.  c must not overlap B or scratch. */
+void mk_sgemm_packed_b(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0, int64_t kn,
+                       const mk_sgemm_b *b, int64_t n, float *c, int64_t ldc, bool accumulate,
+                       const mk_sgemm_epilogue *ep, void *scratch);
+/* The same for a plain row-major B (row stride ldb). */
+void mk_sgemm_packed(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0, int64_t kn,
+                     const float *b, int64_t ldb, int64_t n, float *c, int64_t ldc,
+                     bool accumulate, const mk_sgemm_epilogue *ep, void *scratch);
 
 #endif

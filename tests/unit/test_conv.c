@@ -18,25 +18,10 @@
 
 #include "../../engine/mk.h"
 
+#define TEST_RNG_SEED 0x9e3779b97f4a7c15ull
+#include "test_random.h"
+
 static int passed, failed;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static int64_t rnd(int64_t lo, int64_t hi) { return lo + (int64_t)(rng() % (uint64_t)(hi - lo + 1)); }
-static float rndf(void) { return (float)((double)(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
-
-static float *random_data(int64_t n)
-{
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof *p);
-    for (int64_t i = 0; i < n; i++) p[i] = rndf();
-    return p;
-}
 
 /* ---- building a node by hand ---------------------------------------------- */
 
@@ -305,10 +290,10 @@ static void run_conv_case(const conv_case *cc, mk_pool *pool)
         out_size *= out_sp[i];
         taps *= cc->k[i];
     }
-    mk_tensor x = tensor(MASKD_FLOAT, rank + 2, xd, random_data(cc->n * cc->c * in_size));
-    mk_tensor w = tensor(MASKD_FLOAT, rank + 2, wd, random_data(wd[0] * wd[1] * taps));
+    mk_tensor x = tensor(MASKD_FLOAT, rank + 2, xd, random_floats(cc->n * cc->c * in_size));
+    mk_tensor w = tensor(MASKD_FLOAT, rank + 2, wd, random_floats(wd[0] * wd[1] * taps));
     int64_t bd[1] = {cc->m};
-    mk_tensor b = tensor(MASKD_FLOAT, 1, bd, random_data(cc->m));
+    mk_tensor b = tensor(MASKD_FLOAT, 1, bd, random_floats(cc->m));
     mk_tensor y;
     memset(&y, 0, sizeof y);
     mk_tensor *ins[3] = {&x, &w, cc->bias ? &b : NULL};
@@ -683,8 +668,8 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
     snprintf(desc, sizeof desc, "Gemm M%lld N%lld K%lld tA%d tB%d C%d alpha %g beta %g",
              (long long)M, (long long)N, (long long)K, ta, tb, c_kind, alpha, beta);
     int64_t ad[2] = {ta ? K : M, ta ? M : K}, bd[2] = {tb ? N : K, tb ? K : N};
-    mk_tensor a = tensor(MASKD_FLOAT, 2, ad, random_data(M * K));
-    mk_tensor b = tensor(MASKD_FLOAT, 2, bd, random_data(K * N));
+    mk_tensor a = tensor(MASKD_FLOAT, 2, ad, random_floats(M * K));
+    mk_tensor b = tensor(MASKD_FLOAT, 2, bd, random_floats(K * N));
     /* C: 0 none, 1 scalar, 2 [N], 3 [1,N], 4 [M,1], 5 [M,N] */
     int64_t cd[2] = {0, 0};
     int c_ndim = 0;
@@ -696,7 +681,7 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
     case 5: c_ndim = 2, cd[0] = M, cd[1] = N, crs = N, ccs = 1; break;
     default: break;
     }
-    mk_tensor c = tensor(MASKD_FLOAT, c_ndim, cd, random_data(M * N + 1));
+    mk_tensor c = tensor(MASKD_FLOAT, c_ndim, cd, random_floats(M * N + 1));
     mk_tensor *ins[3] = {&a, &b, c_kind ? &c : NULL};
     attrs at = {.n = 0};
     if (ta) add_int(&at, "transA", 1);
@@ -748,8 +733,8 @@ static void run_matmul_case(mk_pool *pool, int an, const int64_t *adims, int bn,
     mk_tensor a = tensor(MASKD_FLOAT, an, adims, NULL), b = tensor(MASKD_FLOAT, bn, bdims, NULL);
     snprintf(desc, sizeof desc, "MatMul %s x %s", mk_shape_str(&a, as, sizeof as),
              mk_shape_str(&b, bs, sizeof bs));
-    a.data = random_data(mk_numel(&a));
-    b.data = random_data(mk_numel(&b));
+    a.data = random_floats(mk_numel(&a));
+    b.data = random_floats(mk_numel(&b));
     mk_tensor *ins[2] = {&a, &b};
     attrs at = {.n = 0};
     mk_tensor y;
