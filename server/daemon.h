@@ -60,12 +60,18 @@ bool mk_stopping(void); /* past the grace period: refuse new work */
 typedef enum mk_job_outcome { MK_JOB_RAN = 0, MK_JOB_EXPIRED = 1 } mk_job_outcome;
 
 typedef struct mk_job {
+    /* Optional, before run: the part of the job that needs no worker (decoding
+     * the image).  While every worker is busy, a preparer thread does it for
+     * the jobs next in line, so it overlaps another job's inference instead of
+     * adding to it; a worker that reaches a job first does it itself. */
+    void (*prepare)(struct mk_job *job);
     /* On a worker thread: the inference.  `worker` picks the per-worker sessions. */
     void (*run)(struct mk_job *job, int worker);
     /* After run, or instead of it when the deadline passed in the queue; on the
      * worker or the reaper thread. */
     void (*finish)(struct mk_job *job, mk_job_outcome outcome);
     double t_enqueued, t_deadline, t_started;
+    int prep; /* admission.c's: prepare not begun, underway or done */
     struct mk_job *next;
 } mk_job;
 

@@ -220,6 +220,10 @@ typedef struct predict_work {
     size_t size;
     unsigned char *owned; /* data, when it is not the request body */
     mk_image_answer answer_kind;
+    /* the decoded image, from the job's prepare step */
+    maskd_image img;
+    int decode_rc;
+    maskd_error decode_err;
     /* the outcome, built on the worker */
     json_t *answer;
     int status;
@@ -232,6 +236,7 @@ static void predict_work_free(void *p)
     predict_work *w = p;
     if (!w) return;
     maskd_request_free(&w->req);
+    maskd_image_free(&w->img);
     free(w->owned);
     json_decref(w->answer);
     free(w);
@@ -291,26 +296,33 @@ static void parse_query(mk_req *r, predict_work *w, const maskd_pipeline *pipeli
         snprintf(q->error, sizeof q->error, "%s", err.message);
 }
 
-static void predict_run(mk_job *job, int worker)
+/* Decoding needs no worker's state: the queue's preparer runs it ahead of
+ * the worker when the workers are busy (see admission.c). */
+static void predict_prepare(mk_job *job)
 {
     predict_work *w = (predict_work *)((mk_req *)((char *)job - offsetof(mk_req, job)))->work;
     mk_req *r = w->r;
     const mk_model *m = &r->st->models[r->model_index];
-    maskd_worker *pw = r->st->pipeline_runs[worker * r->st->n_models + r->model_index];
-    maskd_image img = {0};
-    maskd_error err = {0};
     double t0 = srv_now_ms();
-    if (maskd_decode_for_pipeline(w->data, w->size, m->pipeline, r->st->cfg.max_pixels, &img,
-                                  &err)) {
-        r->timing.decode_ms = srv_now_ms() - t0;
-        work_fail(w, maskd_image_http_status(err.code), maskd_image_error_code(err.code), "%s",
-                  err.message);
+    w->decode_rc = maskd_decode_for_pipeline(w->data, w->size, m->pipeline,
+                                             r->st->cfg.max_pixels, &w->img, &w->decode_err);
+    r->timing.decode_ms = srv_now_ms() - t0;
+}
+
+static void predict_run(mk_job *job, int worker)
+{
+    predict_work *w = (predict_work *)((mk_req *)((char *)job - offsetof(mk_req, job)))->work;
+    mk_req *r = w->r;
+    maskd_worker *pw = r->st->pipeline_runs[worker * r->st->n_models + r->model_index];
+    maskd_error err = {0};
+    if (w->decode_rc) {
+        work_fail(w, maskd_image_http_status(w->decode_err.code),
+                  maskd_image_error_code(w->decode_err.code), "%s", w->decode_err.message);
         return;
     }
-    r->timing.decode_ms = srv_now_ms() - t0;
     maskd_result res;
     memset(&res, 0, sizeof res);
-    if (maskd_pipeline_run(pw, &img, &w->req, &res, &err)) {
+    if (maskd_pipeline_run(pw, &w->img, &w->req, &res, &err)) {
         if (err.code == MASKD_ERR_INVALID)
             work_fail(w, 400, "invalid_parameter", "%s", err.message);
         else
@@ -325,7 +337,9 @@ static void predict_run(mk_job *job, int worker)
         else w->status = 200;
     }
     maskd_result_free(&res);
-    maskd_image_free(&img);
+    /* the pixels are not needed past the inference: give them back now
+     * rather than when the connection closes */
+    maskd_image_free(&w->img);
 }
 
 static void predict_finish(mk_job *job, mk_job_outcome outcome)
@@ -391,6 +405,7 @@ void mk_image_predict(mk_req *r, const unsigned char *data, size_t size, unsigne
                        err.message);
         return;
     }
+    r->job.prepare = predict_prepare;
     r->job.run = predict_run;
     r->job.finish = predict_finish;
     mk_req_submit(r);

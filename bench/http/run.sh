@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # HTTP benchmark of the daemon: wrk POSTs a 640x480 and a 4000x3000 JPEG to
 # /v1/models/MODEL/predict over loopback at several client concurrencies;
-# before and after, `maskd predict --repeat --workers` runs the same pipeline
-# on the same image without HTTP, on the daemon's workers x engine threads.
-# One command, from anywhere in the repository:
+# between the wrk runs, `maskd predict --repeat --workers` runs the same
+# pipeline on the same image without HTTP, on the daemon's workers x engine
+# threads.  One command, from anywhere in the repository:
 #
 #   bench/http/run.sh [--duration S] [--concurrency "1 2 4 16"] [--model shapes-det]
 #                     [--sizes "640x480 4000x3000"] [--repeat N]
 #
 # Per image: concurrency, requests/s (200 answers only), p50/p90/p99 latency,
 # every answer that was not a 200 (by status) and wrk's socket errors, the
-# daemon's median queue/decode/infer/post ms from its request log, and the
-# efficiency = requests/s / engine-only images/s (the faster of the two).
-# --repeat: runs per engine-only worker (default: about --duration seconds).
+# daemon's median queue/decode/infer/post ms from its request log, the
+# daemon's CPU time per request, and two efficiencies:
+#   eff     requests/s / images/s of `maskd predict --decode-each`: the same
+#           work per image as the daemon (decode the JPEG, then the pipeline),
+#           run just before and just after each wrk run (their mean), so a
+#           shared machine's drift lands on both sides;
+#   eff px  requests/s / images/s of plain `maskd predict --repeat`, which
+#           decodes once and times the pipeline on the decoded pixels (the
+#           faster of a run before all wrk runs and one after them).
+# On a machine whose CPUs are all busy (wrk shares them, and anything else
+# running does) requests/s follows CPU time, so cpu ms/req beside the
+# engine-only cpu ms/image shows the server's own cost most steadily.
+# --repeat: runs per engine-only worker (default: about --duration / 2 s).
 # Uses build/server/maskd (MASKD=... overrides), config/maskd.json, --port 0,
 # --queue_depth 64 (16 connections never see a 503), wrk --timeout 60s; the
 # workers and engine threads are the config's (MASKD_CONCURRENCY and
@@ -174,18 +184,25 @@ results=$work/results.tsv
 : >"$results"
 
 # Engine-only: the same pipeline on the same image through `maskd predict`,
-# the daemon's workers on a pool of its engine threads.  Run before and
-# after the HTTP runs (the machine is shared; drift shows as a gap).
-engine_only() {  # size image when repeat
-  local rc=0 out=$work/predict_$1_$3.txt
-  echo "bench/http: $1: maskd predict --repeat $4 --workers $workers --threads $engine_threads ($3)" >&2
-  "$maskd" predict "$2" --model "$card" --repeat "$4" --workers "$workers" \
-    --threads "$engine_threads" >/dev/null 2>"$out" || rc=$?
+# the daemon's workers on a pool of its engine threads; mode `decode` decodes
+# the JPEG in every run as the daemon does, `pixels` only once.
+engine_only() {  # size image mode when repeat
+  local rc=0 out=$work/predict_$1_$3_$4.txt flag=()
+  [[ $3 == decode ]] && flag=(--decode-each)
+  echo "bench/http: $1: maskd predict --repeat $5 --workers $workers --threads $engine_threads ${flag[*]} ($4)" >&2
+  "$maskd" predict "$2" --model "$card" --repeat "$5" --workers "$workers" \
+    --threads "$engine_threads" "${flag[@]}" >/dev/null 2>"$out" || rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q 'images/s; every answer identical' "$out"; then
     echo "bench/http: $1: the engine-only run failed (exit $rc):" >&2
     cat "$out" >&2
   fi
-  echo "size=$1 engine when=$3 rc=$rc $(grep -o 'maskd: .*' "$out" | tail -1)" >>"$results"
+  echo "size=$1 engine mode=$3 when=$4 rc=$rc $(grep -o 'maskd: .*' "$out" | tail -1)" >>"$results"
+}
+
+# The daemon's CPU time so far (every thread, user + system), in ms.
+clock_ticks=$(getconf CLK_TCK)
+daemon_cpu_ms() {
+  awk -v hz="$clock_ticks" '{ print ($14 + $15) * 1000 / hz }' "/proc/$daemon_pid/stat"
 }
 
 for size in $sizes; do
@@ -208,18 +225,22 @@ except urllib.error.HTTPError as e:
 print(max(1, int((time.time() - t0) * 1000)))
 PY
 )
-  # About --duration seconds: throughput ~ 1 / latency whatever the workers.
-  w_repeat=${repeat:-$(( (duration * 1000 / warm_ms + workers - 1) / workers ))}
+  # About --duration / 2 seconds: throughput ~ 1 / latency whatever the workers.
+  w_repeat=${repeat:-$(( (duration * 500 / warm_ms + workers - 1) / workers ))}
   if ((w_repeat < 2)); then w_repeat=2; fi
-  engine_only "$size" "$image" before "$w_repeat"
+  engine_only "$size" "$image" pixels before "$w_repeat"
+  slot=0
+  engine_only "$size" "$image" decode "d$slot" "$w_repeat"
   for c in $concurrency; do
     t=$((c < 2 ? c : 2))
     echo "bench/http: $size: wrk -t $t -c $c -d ${duration}s" >&2
     from=$(wc -l <"$log")
     out=$work/wrk_${size}_c$c.txt
+    cpu_before=$(daemon_cpu_ms)
     BENCH_IMAGE=$image BENCH_CONTENT_TYPE=image/jpeg \
       wrk -t "$t" -c "$c" -d "${duration}s" --timeout 60s --latency -s "$here/post.lua" \
       "$base/v1/models/$model/predict" >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+    cpu_ms=$(awk -v a="$cpu_before" -v b="$(daemon_cpu_ms)" 'BEGIN { print b - a }')
     stats=$(grep '^maskd-bench ' "$out") || { echo "bench/http: no summary from wrk:" >&2; cat "$out" >&2; exit 1; }
     server=$(/usr/bin/python3 - "$log" "$from" <<'PY'
 import json, statistics, sys
@@ -240,9 +261,11 @@ med = lambda v: f"{statistics.median(v):.1f}" if v else "-"
 print(f"server={'/'.join(med(v) for v in stages.values())} logwarn={warn}")
 PY
 )
-    echo "size=$size c=$c $stats $server" >>"$results"
+    echo "size=$size c=$c slot=$slot cpu_ms=$cpu_ms $stats $server" >>"$results"
+    slot=$((slot + 1))
+    engine_only "$size" "$image" decode "d$slot" "$w_repeat"
   done
-  engine_only "$size" "$image" after "$w_repeat"
+  engine_only "$size" "$image" pixels after "$w_repeat"
 done
 
 rc=0
@@ -259,41 +282,54 @@ print("maskd HTTP benchmark: $($maskd version 2>/dev/null), model $model ($card)
 print("CPU: ${cpu:-unknown} x $(nproc); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-(unset)} (left as the environment sets them)")
 print("daemon: $workers worker(s) x $engine_threads engine thread(s), queue_depth 64; wrk on the same CPUs")
 print("req/s counts 200 answers; non-200 lists every other status; sock err = wrk connect/read/write/timeout")
-print("server ms = the daemon log's median queue/decode/infer/post of the 200s; eff = req/s / engine-only images/s")
+print("server ms = the daemon log's median queue/decode/infer/post of the 200s; cpu = the daemon's CPU ms per request")
+print("eff = req/s / images/s of maskd predict --decode-each (decode + pipeline, as the daemon), mean of the runs")
+print("      just before and after; eff px = req/s / images/s of maskd predict on pixels decoded once (the faster run);")
+print("      cpu eff = --decode-each cpu ms/image (same runs) / the daemon's cpu ms/request: steadier on a busy machine")
 rows = {}
 engine = {}
 for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
     if " engine " in line:
-        m = re.search(r"([0-9.]+) images/s; (.*)", line)
-        ok = m and f["rc"] == "0" and m.group(2).strip() == "every answer identical"
-        engine.setdefault(f["size"], {})[f["when"]] = float(m.group(1)) if ok else None
+        m = re.search(r"cpu ([0-9.]+) ms/image, ([0-9.]+) images/s; (.*)", line)
+        ok = m and f["rc"] == "0" and m.group(3).strip() == "every answer identical"
+        engine.setdefault(f["size"], {})[(f["mode"], f["when"])] = (
+            (float(m.group(2)), float(m.group(1))) if ok else None)
     else:
         rows.setdefault(f["size"], []).append(f)
 for size, runs in rows.items():
     e = engine.get(size, {})
-    good = [v for v in e.values() if v]
-    # The faster engine-only run: drift from the shared machine then lowers
-    # the efficiency rather than flattering it.
-    best = max(good) if good else None
+    decode = lambda slot: e.get(("decode", f"d{slot}"))
+    pixels = [v for (mode, _), v in e.items() if mode == "pixels" and v]
+    # The faster run: drift on a shared machine then lowers eff px rather
+    # than flattering it.
+    best_px = max(v[0] for v in pixels) if pixels else None
     print()
     print(f"== {size} JPEG ==")
     print(f"{'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-200':>12} {'sock err':>8} "
-          f"{'server ms q/dec/inf/post':>26} {'eff':>6}")
+          f"{'server ms q/dec/inf/post':>26} {'cpu ms':>7} {'eff':>6} {'eff px':>6} {'cpu eff':>7}")
     for f in runs:
         secs = int(f["duration_us"]) / 1e6
         rps = (int(f["requests"]) - int(f["non200"])) / secs
         non200 = f["non200"] if f["non200"] == "0" else f"{f['non200']} ({f['statuses']})"
         sock = sum(int(f[k]) for k in ("connect", "read", "write", "timeout"))
-        eff = f"{rps / best:.2f}" if best else "-"
+        around = [v for v in (decode(int(f["slot"])), decode(int(f["slot"]) + 1)) if v]
+        eff = f"{rps / (sum(v[0] for v in around) / len(around)):.2f}" if around else "-"
+        eff_px = f"{rps / best_px:.2f}" if best_px else "-"
+        cpu = float(f["cpu_ms"]) / int(f["requests"]) if int(f["requests"]) else None
+        cpu_eff = f"{sum(v[1] for v in around) / len(around) / cpu:.2f}" if around and cpu else "-"
+        cpu = f"{cpu:.1f}" if cpu else "-"
         print(f"{f['c']:>4} {rps:8.2f} {int(f['p50_us']) / 1e3:8.1f} {int(f['p90_us']) / 1e3:8.1f} "
-              f"{int(f['p99_us']) / 1e3:8.1f} {non200:>12} {sock:>8} {f['server']:>26} {eff:>6}")
+              f"{int(f['p99_us']) / 1e3:8.1f} {non200:>12} {sock:>8} {f['server']:>26} {cpu:>7} {eff:>6} "
+              f"{eff_px:>6} {cpu_eff:>7}")
         if f["logwarn"] != "0":
             print(f"     ({f['logwarn']} warn/error line(s) in the daemon log besides requests)")
-    shown = ", ".join(f"{v:.2f} {when}" if v else f"FAILED {when} (see $work/predict_{size}_{when}.txt)"
-                      for when, v in e.items())
-    print(f"engine-only (maskd predict, $workers worker(s) x $engine_threads thread(s)): images/s {shown or 'none'}"
-          + ("; eff uses the faster" if len(good) > 1 else ""))
+    for mode, what in (("decode", "--decode-each"), ("pixels", "pixels decoded once")):
+        shown = ", ".join(f"{v[0]:.2f} ({v[1]:.1f} cpu ms) {when}" if v else
+                          f"FAILED {when} (see $work/predict_{size}_{mode}_{when}.txt)"
+                          for (m, when), v in e.items() if m == mode)
+        print(f"engine-only, {what} (maskd predict, $workers worker(s) x $engine_threads thread(s)): "
+              f"images/s {shown or 'none'}")
 print()
 print("daemon exit status after SIGTERM: $rc" + ("" if $rc == 0 else "  <-- NOT 0, see $log"))
 PY

@@ -359,43 +359,324 @@ static int run_stage2(maskd_worker *w, const float *pooled, int64_t r, int64_t f
 
 /* ---- masks --------------------------------------------------------------- */
 
-/* The mask of one detection in original pixels: logits [m, m] over the
- * proposal box (input pixels), sampled at each original pixel's centre. */
-static void paste_mask(const float *logits, int64_t ms, const float box[4],
-                       const maskd_letterbox *lb, float threshold, uint8_t *mask, int32_t bb[4])
+/* A detection's mask in original pixels: its logits [m, m] over the proposal
+ * box (input pixels), bilinearly sampled at each original pixel's centre and
+ * thresholded.  The sample separates into a column part and a row part:
+ *
+ *     value(x, y) = c[k0](x) * (1 - ly) + c[k1](x) * ly,
+ *     c[k](x)     = logit row k sampled at column x,
+ *
+ * with (k0, k1, ly) depending on the row alone.  These are the products and
+ * sums of the direct per-pixel evaluation, in the same order (and C11 mode
+ * never contracts them into FMAs), so the masks are bit for bit the same; but
+ * the divisions and clamps are done once per row and per column instead of
+ * once per pixel, and each column is one vectorizable loop per band of rows
+ * that blend the same two logit rows.  Columns come out whole, in order:
+ * exactly what COCO's column-major RLE wants, so the RLE is built straight
+ * from them, with no image-sized mask at all.  On a 4000x3000 image with 11
+ * detections of about 800x800 pixels, pasting into a 12-megapixel mask
+ * (zeroed pages faulted in on every request) and walking it column by column
+ * took 28 ms a request, a third of the whole; this takes 2.3 ms on one
+ * thread. */
+
+typedef struct mask_band {
+    int end;        /* rows [the previous band's end, end) */
+    int64_t k0, k1; /* the two logit rows they blend */
+} mask_band;
+
+/* Buffers sized for the image, reused for every detection a thread does. */
+typedef struct mask_sampler {
+    int width, height;
+    float *ly;        /* [height]: each row's weight of logit row k1 */
+    uint8_t *bits;    /* [height + 8]: one column of the mask */
+    float *col;       /* [m]: the logit rows sampled at one column */
+    mask_band *bands; /* [m] */
+    /* the current detection */
+    const float *logits;
+    int64_t ms;
+    float x1, bw, fm, top, sxf, threshold;
+    int32_t bb[4]; /* pixels considered at all: x in [bb0, bb2), y in [bb1, bb3) */
+    int col0, col1; /* columns whose centre falls inside the box */
+    int row0, row1; /* rows whose centre does */
+    int n_bands;
+    int64_t k_lo, k_hi; /* logit rows any band uses */
+} mask_sampler;
+
+static int sampler_init(mask_sampler *s, int width, int height, int64_t ms, maskd_error *err)
 {
-    const int W = lb->orig_width, H = lb->orig_height;
+    memset(s, 0, sizeof *s);
+    s->width = width;
+    s->height = height;
+    s->ly = malloc(((size_t)height + 1) * sizeof(float));
+    s->bits = malloc((size_t)height + 8);
+    s->col = malloc(((size_t)ms + 1) * sizeof(float));
+    s->bands = malloc(((size_t)ms + 1) * sizeof(mask_band));
+    if (!s->ly || !s->bits || !s->col || !s->bands)
+        return mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory for masks");
+    return MASKD_OK;
+}
+
+static void sampler_free(mask_sampler *s)
+{
+    free(s->ly);
+    free(s->bits);
+    free(s->col);
+    free(s->bands);
+}
+
+/* Sets up one detection: the box, the rows' tables and bands.  The pixel
+ * centres (i + 0.5) * sy grow with i, and so does every step from there to
+ * the logit row (subtract, divide and multiply by positive numbers, clamp,
+ * floor): the rows inside the box are one run, and the rows blending the
+ * same two logit rows are consecutive -- at most m bands. */
+static void sampler_place(mask_sampler *s, const float *logits, int64_t ms, const float box[4],
+                          const maskd_letterbox *lb, float threshold)
+{
+    const int W = s->width, H = s->height;
     const double sx = lb->sx, sy = lb->sy;
     const float ox = (float)lb->offset_x, oy = (float)lb->offset_y;
     const float x1 = box[0] - ox, y1 = box[1] - oy, x2 = box[2] - ox, y2 = box[3] - oy;
-    bb[0] = bb[1] = bb[2] = bb[3] = 0;
+    s->logits = logits;
+    s->ms = ms;
+    s->threshold = threshold;
+    s->bb[0] = s->bb[1] = s->bb[2] = s->bb[3] = 0;
+    s->col0 = s->col1 = s->row0 = s->row1 = 0;
+    s->n_bands = 0;
     int j0 = (int)fmax(0, floor(x1 / sx - 0.5)), j1 = (int)fmin(W, ceil(x2 / sx + 0.5));
     int i0 = (int)fmax(0, floor(y1 / sy - 0.5)), i1 = (int)fmin(H, ceil(y2 / sy + 0.5));
     if (j1 <= j0 || i1 <= i0 || !(x2 > x1) || !(y2 > y1)) return;
-    bb[0] = j0, bb[1] = i0, bb[2] = j1, bb[3] = i1;
-    const float bw = (float)((double)x2 - (double)x1), bh = (float)((double)y2 - (double)y1);
-    const float fm = (float)ms, top = (float)(ms - 1);
+    s->bb[0] = j0, s->bb[1] = i0, s->bb[2] = j1, s->bb[3] = i1;
+    const float bh = (float)((double)y2 - (double)y1);
+    s->x1 = x1;
+    s->bw = (float)((double)x2 - (double)x1);
+    s->fm = (float)ms;
+    s->top = (float)(ms - 1);
+    s->sxf = (float)sx;
+
+    int j = j0;
+    while (j < j1 && !(((float)j + 0.5f) * s->sxf >= x1)) j++;
+    s->col0 = j;
+    while (j < j1 && ((float)j + 0.5f) * s->sxf < x2) j++;
+    s->col1 = j;
+
+    int first = -1, last = -1;
     for (int i = i0; i < i1; i++) {
         float v = ((float)i + 0.5f) * (float)sy;
-        uint8_t *row = mask + (size_t)i * W;
         if (!(v >= y1 && v < y2)) continue;
-        float my = (v - y1) / bh * fm - 0.5f;
-        my = my < 0 ? 0 : my > top ? top : my;
+        if (first < 0) first = i;
+        last = i;
+        float my = (v - y1) / bh * s->fm - 0.5f;
+        my = my < 0 ? 0 : my > s->top ? s->top : my;
         int64_t my0 = (int64_t)floorf(my), my1 = my0 + 1 < ms ? my0 + 1 : ms - 1;
-        float ly = my - (float)my0;
-        const float *r0 = logits + my0 * ms, *r1 = logits + my1 * ms;
-        for (int j = j0; j < j1; j++) {
-            float u = ((float)j + 0.5f) * (float)sx;
-            if (!(u >= x1 && u < x2)) continue;
-            float mx = (u - x1) / bw * fm - 0.5f;
-            mx = mx < 0 ? 0 : mx > top ? top : mx;
-            int64_t mx0 = (int64_t)floorf(mx), mx1 = mx0 + 1 < ms ? mx0 + 1 : ms - 1;
-            float lx = mx - (float)mx0;
-            float t = r0[mx0] * (1 - lx) + r0[mx1] * lx;
-            float b = r1[mx0] * (1 - lx) + r1[mx1] * lx;
-            row[j] = t * (1 - ly) + b * ly > threshold;
+        s->ly[i] = my - (float)my0;
+        mask_band *b = s->n_bands ? &s->bands[s->n_bands - 1] : NULL;
+        if (b && b->k0 == my0) {
+            b->end = i + 1;
+        } else {
+            s->bands[s->n_bands++] = (mask_band){i + 1, my0, my1};
         }
     }
+    if (first < 0 || s->col1 <= s->col0) {
+        s->col0 = s->col1 = 0;
+        s->n_bands = 0;
+        return;
+    }
+    s->row0 = first;
+    s->row1 = last + 1;
+    s->k_lo = s->bands[0].k0;
+    s->k_hi = s->bands[s->n_bands - 1].k1;
+}
+
+/* bits[y - row0] for y in [row0, row1): the mask in column j (col0 <= j < col1). */
+static void sampler_column(mask_sampler *s, int j)
+{
+    const int64_t ms = s->ms;
+    float u = ((float)j + 0.5f) * s->sxf;
+    float mx = (u - s->x1) / s->bw * s->fm - 0.5f;
+    mx = mx < 0 ? 0 : mx > s->top ? s->top : mx;
+    int64_t mx0 = (int64_t)floorf(mx), mx1 = mx0 + 1 < ms ? mx0 + 1 : ms - 1;
+    float lx = mx - (float)mx0;
+    float *col = s->col;
+    for (int64_t k = s->k_lo; k <= s->k_hi; k++) {
+        const float *r = s->logits + k * ms;
+        col[k] = r[mx0] * (1 - lx) + r[mx1] * lx;
+    }
+    const float thr = s->threshold;
+    int y = s->row0;
+    for (int b = 0; b < s->n_bands; b++) {
+        const float c0 = col[s->bands[b].k0], c1 = col[s->bands[b].k1];
+        const int n = s->bands[b].end - y;
+        const float *ly = s->ly + y;
+        uint8_t *bits = s->bits + (y - s->row0);
+        for (int i = 0; i < n; i++) bits[i] = c0 * (1 - ly[i]) + c1 * ly[i] > thr;
+        y += n;
+    }
+}
+
+/* COCO RLE counts (column-major runs, zeros first), grown as runs end. */
+typedef struct run_list {
+    uint32_t *counts;
+    size_t n, cap;
+    uint32_t run;
+    uint8_t value;
+    int failed;
+} run_list;
+
+static void runs_close(run_list *r)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 64;
+        uint32_t *c = realloc(r->counts, cap * sizeof *c);
+        if (!c) {
+            r->failed = 1;
+            return;
+        }
+        r->counts = c;
+        r->cap = cap;
+    }
+    r->counts[r->n++] = r->run;
+}
+
+static inline void runs_add(run_list *r, uint8_t value, uint32_t len)
+{
+    if (!len) return;
+    if (value != r->value) {
+        runs_close(r);
+        r->value = value;
+        r->run = 0;
+    }
+    r->run += len;
+}
+
+/* The runs of a 0/1 column, eight pixels at a time where nothing changes. */
+static void runs_add_bits(run_list *r, const uint8_t *bits, int n)
+{
+    int y = 0;
+    while (y < n) {
+        const uint8_t v = bits[y];
+        const uint64_t same = v ? 0x0101010101010101ull : 0;
+        int e = y + 1;
+        for (uint64_t w; e + 8 <= n; e += 8) {
+            memcpy(&w, bits + e, 8);
+            if (w != same) break;
+        }
+        while (e < n && bits[e] == v) e++;
+        runs_add(r, v, (uint32_t)(e - y));
+        y = e;
+    }
+}
+
+/* The detection's mask as COCO RLE, one column at a time. */
+static int sampler_rle(mask_sampler *s, maskd_rle *out, maskd_error *err)
+{
+    const int H = s->height;
+    run_list r = {0};
+    for (int x = 0; x < s->width; x++) {
+        if (x < s->col0 || x >= s->col1) {
+            runs_add(&r, 0, (uint32_t)H);
+            continue;
+        }
+        sampler_column(s, x);
+        runs_add(&r, 0, (uint32_t)s->row0);
+        runs_add_bits(&r, s->bits, s->row1 - s->row0);
+        runs_add(&r, 0, (uint32_t)(H - s->row1));
+    }
+    runs_close(&r);
+    if (r.failed) {
+        free(r.counts);
+        return mk_fail(err, MASKD_ERR_NOMEM, "mask: out of memory");
+    }
+    *out = (maskd_rle){H, s->width, r.n, r.counts};
+    return MASKD_OK;
+}
+
+/* The detection's mask into an image-sized 0/1 mask (zero outside bb), for
+ * the formats that trace or draw it. */
+static void sampler_paint(mask_sampler *s, uint8_t *mask)
+{
+    const size_t W = (size_t)s->width;
+    for (int x = s->col0; x < s->col1; x++) {
+        sampler_column(s, x);
+        for (int y = s->row0; y < s->row1; y++) mask[(size_t)y * W + x] = s->bits[y - s->row0];
+    }
+}
+
+/* The masks of a result's detections. */
+typedef struct mask_jobs {
+    maskd_detection *dets;
+    const float **logits; /* [n]: each detection's [m, m] logits */
+    const float **boxes;  /* [n]: the proposal they cover */
+    int64_t ms;
+    const maskd_letterbox *lb;
+    float threshold;
+    mask_sampler *samplers; /* one per pool slot */
+    int *rc;                /* [n] */
+    maskd_error *errs;      /* one per pool slot */
+} mask_jobs;
+
+static void rle_range(void *arg, int64_t begin, int64_t end, int slot)
+{
+    mask_jobs *mj = arg;
+    mask_sampler *s = &mj->samplers[slot];
+    for (int64_t k = begin; k < end; k++) {
+        maskd_detection *det = &mj->dets[k];
+        sampler_place(s, mj->logits[k], mj->ms, mj->boxes[k], mj->lb, mj->threshold);
+        det->has_mask = 1;
+        int rc = sampler_rle(s, &det->rle, &mj->errs[slot]);
+        if (!rc) rc = maskd_rle_to_string(&det->rle, &det->counts, NULL, &mj->errs[slot]);
+        mj->rc[k] = rc;
+    }
+}
+
+/* Detections are independent, each a few hundred microseconds on a large
+ * image: they are shared out over the pool's threads. */
+static int masks_as_rle(mask_jobs *mj, int64_t n, maskd_pool *pool, maskd_error *err)
+{
+    int slots = mk_pool_slots(pool), rc = MASKD_OK;
+    mj->samplers = calloc((size_t)slots, sizeof *mj->samplers);
+    mj->errs = calloc((size_t)slots, sizeof *mj->errs);
+    mj->rc = calloc((size_t)n, sizeof *mj->rc);
+    if (!mj->samplers || !mj->errs || !mj->rc)
+        rc = mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory for masks");
+    for (int i = 0; i < slots && !rc; i++)
+        rc = sampler_init(&mj->samplers[i], mj->lb->orig_width, mj->lb->orig_height, mj->ms, err);
+    if (!rc) {
+        mk_parallel_for(pool, n, 1, rle_range, mj);
+        for (int64_t k = 0; k < n && !rc; k++) rc = mj->rc[k];
+        for (int i = 0; i < slots && rc; i++)
+            if (mj->errs[i].code) {
+                *err = mj->errs[i];
+                break;
+            }
+    }
+    for (int i = 0; mj->samplers && i < slots; i++) sampler_free(&mj->samplers[i]);
+    free(mj->samplers);
+    free(mj->errs);
+    free(mj->rc);
+    return rc;
+}
+
+/* Polygons and PNGs need each mask as an image: painted into one
+ * image-sized buffer, handed over, wiped again inside its box. */
+static int masks_painted(mask_jobs *mj, int64_t n, const maskd_request *req, maskd_pool *pool,
+                         maskd_error *err)
+{
+    const int W = mj->lb->orig_width, H = mj->lb->orig_height;
+    mask_sampler s = {0};
+    uint8_t *mask = calloc((size_t)W * (size_t)H + 1, 1);
+    int rc = mask ? sampler_init(&s, W, H, mj->ms, err)
+                  : mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory for masks");
+    for (int64_t k = 0; k < n && !rc; k++) {
+        sampler_place(&s, mj->logits[k], mj->ms, mj->boxes[k], mj->lb, mj->threshold);
+        const int32_t *bb = s.bb;
+        sampler_paint(&s, mask);
+        rc = mk_detection_set_mask(&mj->dets[k], mask, W, H, bb, req, pool, err);
+        for (int y = bb[1]; y < bb[3]; y++)
+            memset(mask + (size_t)y * W + bb[0], 0, (size_t)(bb[2] - bb[0]));
+    }
+    sampler_free(&s);
+    free(mask);
+    return rc;
 }
 
 /* ---- the pipeline -------------------------------------------------------- */
@@ -417,7 +698,6 @@ int mk_detect_run(maskd_worker *w, const maskd_image *image, const maskd_request
     float *props = NULL, *pooled = NULL, *cand_boxes = NULL, *cand_scores = NULL;
     float *cand_var = NULL, *cand_dens = NULL, *dec = NULL;
     int64_t *cand_labels = NULL, *cand_roi = NULL, r = 0;
-    uint8_t *mask = NULL;
     stage2_out s2 = {0};
     maskd_nms_result kept = {0};
     res->nms = req->nms;
@@ -517,12 +797,6 @@ int mk_detect_run(maskd_worker *w, const maskd_image *image, const maskd_request
         rc = mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory");
         goto done;
     }
-    int want_masks = s2.masks && req->format != MASKD_FORMAT_NONE;
-    size_t npx = (size_t)lb->orig_width * (size_t)lb->orig_height;
-    if (want_masks && !(mask = calloc(npx + 1, 1))) {
-        rc = mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory for masks");
-        goto done;
-    }
     for (int64_t k = 0; k < kept.count; k++) {
         maskd_detection *det = &res->detections[k];
         int64_t ci = kept.indices[k];
@@ -531,16 +805,26 @@ int mk_detect_run(maskd_worker *w, const maskd_image *image, const maskd_request
         det->score = kept.scores[k];
         det->class_id = (int32_t)cand_labels[ci];
         det->label = mk_label(p, det->class_id);
-        res->n_detections = k + 1;
-        if (!want_masks) continue;
-        int64_t roi = cand_roi[ci];
-        int32_t bb[4];
-        const float *ml = s2.masks + (roi * K + cand_labels[ci]) * s2.mask_size * s2.mask_size;
-        paste_mask(ml, s2.mask_size, props + 4 * roi, lb, d->mask_threshold_logit, mask, bb);
-        rc = mk_detection_set_mask(det, mask, lb->orig_width, lb->orig_height, bb, req, w->pool,
-                                   err);
-        for (int y = bb[1]; y < bb[3]; y++) memset(mask + (size_t)y * lb->orig_width + bb[0], 0, (size_t)(bb[2] - bb[0]));
-        if (rc) goto done;
+    }
+    res->n_detections = kept.count;
+    if (s2.masks && req->format != MASKD_FORMAT_NONE && kept.count > 0) {
+        mask_jobs mj = {.dets = res->detections, .ms = s2.mask_size, .lb = lb,
+                        .threshold = d->mask_threshold_logit};
+        mj.logits = malloc((size_t)kept.count * sizeof *mj.logits);
+        mj.boxes = malloc((size_t)kept.count * sizeof *mj.boxes);
+        if (!mj.logits || !mj.boxes) {
+            rc = mk_fail(err, MASKD_ERR_NOMEM, "detect: out of memory for masks");
+        } else {
+            for (int64_t k = 0; k < kept.count; k++) {
+                int64_t ci = kept.indices[k], roi = cand_roi[ci];
+                mj.logits[k] = s2.masks + (roi * K + cand_labels[ci]) * s2.mask_size * s2.mask_size;
+                mj.boxes[k] = props + 4 * roi;
+            }
+            rc = req->format == MASKD_FORMAT_RLE ? masks_as_rle(&mj, kept.count, w->pool, err)
+                                                 : masks_painted(&mj, kept.count, req, w->pool, err);
+        }
+        free(mj.logits);
+        free(mj.boxes);
     }
 
 done:
@@ -555,7 +839,6 @@ done:
     free(cand_var);
     free(cand_dens);
     free(dec);
-    free(mask);
     res->timing.infer_ms = infer_ms;
     res->timing.post_ms = mk_now_ms() - post_start - stage2_ms;
     return rc;
