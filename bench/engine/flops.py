@@ -129,12 +129,16 @@ def fold_shape_nodes(model):
             model.graph.node.remove(n)
 
 
-def count(model_path, specs):
+def count_nodes(model_path, specs):
+    """[(node, macs or None when its shapes are unknown)] in graph order."""
     model = onnx.load(model_path)
     model, shape = fold_shape_nodes(with_input_shapes(model, parse_shapes(model, specs)))
+    return [(node, node_macs(node, shape)) for node in model.graph.node]
+
+
+def count(model_path, specs):
     by_op, unknown = defaultdict(int), []
-    for node in model.graph.node:
-        macs = node_macs(node, shape)
+    for node, macs in count_nodes(model_path, specs):
         if macs is None:
             unknown.append(f"{node.op_type} '{node.name}'")
         elif macs:

@@ -102,6 +102,10 @@ PY
 declare -A spec gmacs
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs online"
 echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-(unset)} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE-(unset)} (left as the environment sets them)"
+# the FMA peak the GFLOP/s columns are to be read against (bench/engine/peak.c says how)
+mkdir -p "$cache"
+gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread "$here/peak.c" -o "$cache/peak"
+for t in $threads; do echo "peak: $("$cache/peak" "$t")"; done
 echo "repeat $repeat per run, each engine run twice alternating; torch ms: torchvision module, or OnnxGraph (ONNX graph run with torch ops) for other models"
 for dir in "${dirs[@]}"; do
   name=$(basename "$dir")
