@@ -39,7 +39,8 @@ typedef struct job {
     atomic_int_fast64_t next_chunk;
     atomic_int_fast64_t done_chunks;
     atomic_int next_slot;
-    int users; /* workers holding a pointer to this job (under pool->lock) */
+    atomic_int users; /* workers holding a pointer to this job (changed under pool->lock;
+                         read without it by the spinning caller) */
     struct job *next;
 } job;
 
@@ -85,10 +86,14 @@ static bool work_queued(const void *pool)
     return atomic_load_explicit(&p->queued, memory_order_acquire) > 0; /* stop: the lock's */
 }
 
-static bool chunks_done(const void *arg)
+/* Every chunk done and every worker gone from the job: the caller then
+ * finds nothing to wait for under the lock (a worker let go of the job last
+ * otherwise makes the caller sleep for its wake-up). */
+static bool job_released(const void *arg)
 {
     const job *j = arg;
-    return atomic_load_explicit(&j->done_chunks, memory_order_acquire) >= j->n_chunks;
+    return atomic_load_explicit(&j->done_chunks, memory_order_acquire) >= j->n_chunks &&
+           atomic_load_explicit(&j->users, memory_order_acquire) == 0;
 }
 
 static void work_on(job *j, int slot)
@@ -133,12 +138,12 @@ static void *worker_main(void *arg)
             unlink_job(p, j);
             continue;
         }
-        j->users++;
+        atomic_fetch_add(&j->users, 1);
         pthread_mutex_unlock(&p->lock);
         work_on(j, slot);
         pthread_mutex_lock(&p->lock);
         unlink_job(p, j);
-        j->users--;
+        atomic_fetch_sub(&j->users, 1);
         pthread_cond_broadcast(&p->job_done);
     }
     pthread_mutex_unlock(&p->lock);
@@ -226,6 +231,7 @@ void mk_parallel_for(mk_pool *p, int64_t n, int64_t grain, mk_range_fn fn, void 
     atomic_init(&j.next_chunk, 0);
     atomic_init(&j.done_chunks, 0);
     atomic_init(&j.next_slot, 1); /* slot 0 is the caller's */
+    atomic_init(&j.users, 0);
 
     pthread_mutex_lock(&p->lock);
     j.next = NULL;
@@ -238,10 +244,10 @@ void mk_parallel_for(mk_pool *p, int64_t n, int64_t grain, mk_range_fn fn, void 
 
     work_on(&j, 0);
 
-    spin_until(p->spin_ns, chunks_done, &j);
+    spin_until(p->spin_ns, job_released, &j);
     pthread_mutex_lock(&p->lock);
     unlink_job(p, &j);
-    while (j.users > 0 || atomic_load(&j.done_chunks) < j.n_chunks)
+    while (atomic_load(&j.users) > 0 || atomic_load(&j.done_chunks) < j.n_chunks)
         pthread_cond_wait(&p->job_done, &p->lock);
     pthread_mutex_unlock(&p->lock);
 }

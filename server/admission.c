@@ -138,7 +138,9 @@ static mk_job *next_to_prepare(void)
     if (ahead >= q.n_workers) return NULL;
     int skip = q.n_workers - q.running, pos = 0;
     for (mk_job *j = q.head; j; j = j->next, pos++)
-        if (pos >= skip && j->prepare && j->prep == PREP_NOT_BEGUN) return j;
+        /* (one past its deadline gets a 504, not a decode) */
+        if (pos >= skip && j->prepare && j->prep == PREP_NOT_BEGUN && srv_now_ms() <= j->t_deadline)
+            return j;
     return NULL;
 }
 

@@ -385,6 +385,7 @@ AVX2_TARGET ALWAYS_INLINE void half_avx2(const int NV, int64_t kc, const float *
             if (load_c) v = _mm256_add_ps(v, _mm256_maskload_ps(row + j * V8, mask));
             if (ep) {
                 v = _mm256_add_ps(v, vbias);
+                /* max(v, 0) with v first: NaN -> 0, as the Relu op (do not swap) */
                 if (ep->clamp == MK_SGEMM_CLAMP_RELU) v = _mm256_max_ps(v, zero);
                 else if (ep->clamp == MK_SGEMM_CLAMP_CLIP)
                     v = _mm256_min_ps(_mm256_set1_ps(ep->hi),

@@ -22,7 +22,7 @@
  * constant, and each tile (a rectangle inside one zone) multiplies only the
  * taps that land; its result goes through a staging buffer when it is not
  * contiguous in the output.  Taps that land for part of a tile still multiply
- * zeros for the rest; 3-D convs are not zoned.
+ * zeros for the rest; 3-D convs are zoned only when their depth is trivial.
  *
  * ConvTranspose is sgemm (W^T x X, per output-channel chunk) then col2im.
  */
@@ -89,7 +89,7 @@ typedef struct conv_plan {
      * tiles of zone (i, j) take zone_rows[j] rows; cell_first[i * n_wz + j]
      * is the zone's first tile. */
     bool zoned;
-    bool zone_direct;              /* zone tiles read x in place (stride 1 along rows) */
+    bool zone_direct;              /* zone tiles read x in place (unit stride along W) */
     int n_hz, n_wz;
     int64_t hz[MAX_ZONES + 1], wz[MAX_ZONES + 1], zone_rows[MAX_ZONES];
     int64_t cell_first[MAX_ZONES * MAX_ZONES + 1];
@@ -98,7 +98,7 @@ typedef struct conv_plan {
     bool pack_weights;             /* pointwise and im2col run on packed weights */
     int64_t a_group_floats;        /* packed weights of one group */
     int slots;
-    size_t slot_bytes;             /* per-thread column buffer */
+    size_t slot_bytes;             /* per thread: columns or row pointers, staging, sgemm B panels */
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
 } conv_plan;
 
@@ -152,7 +152,6 @@ static int parse_attrs(mk_ctx *ctx, bool transpose, conv_attrs *a)
     return MASKD_OK;
 }
 
-/* The attributes parsed at prepare, or parsed now when prepare did not run. */
 /* ---- planning ------------------------------------------------------------ */
 
 /*

@@ -367,7 +367,7 @@ static int run_stage2(maskd_worker *w, const float *pooled, int64_t r, int64_t f
  *     c[k](x)     = logit row k sampled at column x,
  *
  * with (k0, k1, ly) depending on the row alone.  These are the products and
- * sums of the direct per-pixel evaluation, in the same order (and C11 mode
+ * sums of the direct per-pixel evaluation, in the same order (and GCC in -std=c11 mode
  * never contracts them into FMAs), so the masks are bit for bit the same; but
  * the divisions and clamps are done once per row and per column instead of
  * once per pixel, and each column is one vectorizable loop per band of rows
