@@ -11,10 +11,12 @@ The preprocessing here is the reference the C side mirrors (models/README.md):
      normalization (= the mean colour before it).
 Coordinates map back with sx = new_w / W and sy = new_h / H: x_original = x_input / sx.
 """
+import functools
 import io
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -135,25 +137,32 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-def backbone():
-    """Depthwise-separable backbone, output stride 8.  After the third stride-2 stage the
-    resolution stays put and the depthwise convs take HDC-style mixed dilations 1, 2, 5
-    (rates with no common factor, so the stacked receptive field has no holes -- the
-    gridding a constant rate would cause).  Thin at high resolution: on CPU the cost of
-    training is memory traffic, which the early full-size maps dominate."""
-    return nn.Sequential(
-        conv_bn(3, 16, 3, 2),                                   # /2
-        conv_bn(16, 16, 3, 2, groups=16), conv_bn(16, 32, 1),   # /4
-        InvertedResidual(32, 32, expand=2),
-        InvertedResidual(32, 48, expand=3, stride=2),           # /8
-        InvertedResidual(48, 48, expand=3),
-        InvertedResidual(48, 64, expand=3, dilation=1),
-        InvertedResidual(64, 64, expand=3, dilation=2),
-        InvertedResidual(64, 64, expand=3, dilation=5),
-        InvertedResidual(64, 96, expand=3, dilation=1),
-        InvertedResidual(96, 96, expand=3, dilation=2),
-        InvertedResidual(96, 96, expand=3, dilation=5),
-    ), 96
+class Backbone(nn.Module):
+    """Depthwise-separable backbone, output stride 8, returning the /4 features (for a decoder's
+    boundary detail) and the /8 features.  At /8 the resolution stays put and the depthwise
+    convs take HDC-style mixed dilations 1, 2, 5 in two rounds (rates with no common factor, so
+    the stacked receptive field has no holes -- the gridding a constant rate would cause).
+    Thin at /2 and /4: on CPU the cost of training is memory traffic, which the large early
+    maps dominate; the width goes where the maps are small."""
+
+    def __init__(self, widths=(32, 64, 96, 128), expand=3):
+        super().__init__()
+        c4, c8, c8b, c8c = widths
+        self.stem = nn.Sequential(conv_bn(3, 16, 3, 2),                                  # /2
+                                  conv_bn(16, 16, 3, groups=16), conv_bn(16, c4, 1))
+        self.low = nn.Sequential(InvertedResidual(c4, c4, expand=2, stride=2),           # /4
+                                 InvertedResidual(c4, c4, expand=3))
+        self.high = nn.Sequential(
+            InvertedResidual(c4, c8, expand, stride=2), InvertedResidual(c8, c8, expand),  # /8
+            InvertedResidual(c8, c8b, expand, dilation=1), InvertedResidual(c8b, c8b, expand, dilation=2),
+            InvertedResidual(c8b, c8b, expand, dilation=5),
+            InvertedResidual(c8b, c8c, expand, dilation=1), InvertedResidual(c8c, c8c, expand, dilation=2),
+            InvertedResidual(c8c, c8c, expand, dilation=5))
+        self.low_channels, self.channels = c4, c8c
+
+    def forward(self, x):
+        low = self.low(self.stem(x))
+        return low, self.high(low)
 
 
 def gn(channels):
@@ -189,27 +198,27 @@ class ASPP(nn.Module):
 
 # ----------------------------------------------------------------------------- data
 
-class Stream(torch.utils.data.IterableDataset):
-    """Endless training samples: generated, JPEG'd, decoded, letterboxed, augmented.
-    `make(sample, rng)` turns one generated sample into the tensors a model trains on;
-    `views` of them per generated image.  `start` is the first image index."""
+def _draw(seed, prepare, index):
+    sample = generate.ShapesStream(seed).sample(index)
+    return prepare(sample, np.random.default_rng([seed, index, 7]))
 
-    def __init__(self, seed, make, start=0, views=1):
-        self.seed, self.make, self.start, self.views = seed, make, start, views
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        stream = generate.ShapesStream(self.seed)
-        i = self.start + wid
-        while True:
-            sample = stream.sample(i)
-            # drawing an image costs more than a training step on a crop of it: several
-            # differently augmented views of one image share that cost
-            # (view 0 keeps the single-view seed, so a one-view stream is what it always was)
-            for v in range(self.views):
-                yield self.make(sample, np.random.default_rng([self.seed, i, 7, v] if v else [self.seed, i, 7]))
-            i += nw
+def draw_pool(seed, start, count, prepare, procs=2, log=print):
+    """`count` generated images (indices start..start+count-1), each turned by `prepare(sample,
+    rng)` into the compact arrays training draws its views from.  Drawing an image costs about as
+    much CPU as a training step on it; drawn once up front on every core, the images then serve
+    many differently cropped and turned views while the training step has the cores to itself."""
+    import multiprocessing
+    t0 = time.time()
+    draw = functools.partial(_draw, seed, prepare)
+    # torch.set_num_threads(1) first thing in each child: once the parent has run a parallel op,
+    # its OpenMP pool does not survive fork, and the child's first parallel op would hang
+    with multiprocessing.get_context("fork").Pool(procs, initializer=torch.set_num_threads,
+                                                 initargs=(1,)) as pool:
+        out = pool.map(draw, range(start, start + count), chunksize=16)
+    log("drew %d training images (from index %d) in %.0f s on %d processes"
+        % (count, start, time.time() - t0, procs))
+    return out
 
 
 def add_phase_args(ap):

@@ -7,6 +7,8 @@ Covers exactly the operators our exports use; anything else raises.
     g = OnnxGraph("models/shapes-det-stage1.onnx")
     features, rpn_logits, rpn_deltas = g(x)            # torch tensors in, torch tensors out
 """
+import math
+
 import numpy as np
 import onnx
 import torch
@@ -79,6 +81,21 @@ def _run(op, a, x):
         if a.get("mode", b"DCR") not in (b"CRD", "CRD"):
             raise NotImplementedError("DepthToSpace DCR")
         return F.pixel_shuffle(x[0], a["blocksize"])
+    if op == "Resize":
+        # x = [X, roi, scales, sizes] with omitted inputs as None; what torch's exporter writes
+        # for F.interpolate(..., mode="bilinear", align_corners=False)
+        mode, ctm = a.get("mode", b"nearest"), a.get("coordinate_transformation_mode", b"half_pixel")
+        if mode not in (b"linear", "linear") or ctm not in (b"half_pixel", "half_pixel", b"pytorch_half_pixel",
+                                                            "pytorch_half_pixel"):
+            raise NotImplementedError("Resize mode %s / %s" % (mode, ctm))
+        scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+        if scales is not None:
+            if [float(v) for v in scales[:2]] != [1.0, 1.0]:
+                raise NotImplementedError("Resize over N or C")
+            size = [int(math.floor(x[0].shape[2 + i] * float(scales[2 + i]))) for i in range(2)]
+        else:
+            size = [int(v) for v in x[3][2:]]
+        return F.interpolate(x[0], size=size, mode="bilinear", align_corners=False)
     raise NotImplementedError("op %s" % op)
 
 
@@ -100,7 +117,7 @@ class OnnxGraph:
             if n.op_type == "Constant":
                 env[n.output[0]] = torch.from_numpy(numpy_helper.to_array(a["value"]).copy())
                 continue
-            ins = [env[i] for i in n.input if i]
+            ins = [env[i] if i else None for i in n.input]   # an omitted optional input stays in place
             env[n.output[0]] = _run(n.op_type, a, ins)
         outs = [env[o] for o in self.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)

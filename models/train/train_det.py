@@ -53,6 +53,7 @@ STRIDE = 8
 GRID = SIZE // STRIDE
 NUM_CLASSES = 5
 FEAT = 64
+ASPP_RATES = (6, 12, 18)
 ROI = 14                       # ROI Align output; the box head average-pools it to 7x7
 MASK = 28
 SAMPLING_RATIO = 2
@@ -80,12 +81,12 @@ class Stage1(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.backbone, c = common.backbone()
-        self.aspp = common.ASPP(c, 64, FEAT)
+        self.backbone = common.Backbone()
+        self.aspp = common.ASPP(self.backbone.channels, 64, FEAT, rates=ASPP_RATES)
         self.rpn_head = RPNHead(FEAT, len(ANCHOR_SIZES) * len(ANCHOR_RATIOS))
 
     def features(self, x):
-        return self.aspp(self.backbone(x))
+        return self.aspp(self.backbone(x)[1])
 
     def forward(self, x):
         f = self.features(x)
@@ -247,12 +248,15 @@ def box_density(boxes):
     return iou.max(1).values
 
 
-def make_sample(sample, rng):
+def letterboxed(sample, rng):
+    """One generated image as the network sees it (resampled to the letterboxed size by a random
+    method), with its boxes in input pixels, labels, and each instance's soft mask at input
+    resolution kept only over the instance's window -- the compact form the training pool keeps."""
     rgb, new_w, new_h = common.preprocess_train(sample, SIZE, rng)
     sx, sy = new_w / sample["width"], new_h / sample["height"]
     insts = sample["instances"]
-    masks = np.zeros((len(insts), new_h, new_w), np.float32)
     boxes = np.zeros((len(insts), 4), np.float32)
+    windows = []
     for k, a in enumerate(insts):
         x1, y1, x2, y2 = a["box"]
         boxes[k] = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
@@ -265,10 +269,20 @@ def make_sample(sample, rng):
         crop = Image.fromarray((sample["owner"][r0:r1, c0:c1] == a["index"]).astype(np.uint8) * 255)
         win = crop.resize((u1 - u0, v1 - v0), Image.BILINEAR,
                           box=(u0 / sx - c0, v0 / sy - r0, u1 / sx - c0, v1 / sy - r0))
-        masks[k, v0:v1, u0:u1] = np.asarray(win, np.float32) / 255
-    # one of the 8 symmetries of the square, applied to image, masks and boxes
+        windows.append((u0, v0, np.asarray(win, np.uint8)))
+    labels = np.array([a["class_id"] for a in insts], np.int64)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), boxes, labels, windows
+
+
+def make_view(item, rng):
+    """A training sample from a pooled image: one of the 8 symmetries of the square, applied to
+    image, masks and boxes; the image top-left in the padded input."""
+    rgb, boxes, labels, windows = item
+    h, w = rgb.shape[:2]
+    masks = np.zeros((len(windows), h, w), np.float32)
+    for k, (u0, v0, win) in enumerate(windows):
+        masks[k, v0:v0 + win.shape[0], u0:u0 + win.shape[1]] = win.astype(np.float32) / 255
     t = int(rng.integers(0, 8))
-    h, w = new_h, new_w
     if t & 4:
         rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
         boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
@@ -276,17 +290,18 @@ def make_sample(sample, rng):
         rgb, masks = np.rot90(rgb), np.rot90(masks, axes=(1, 2))
         boxes = np.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], 1)
         h, w = w, h
-    x = common.normalize_pad(np.ascontiguousarray(rgb), SIZE)
-    full = np.zeros((len(insts), SIZE, SIZE), np.float32)
+    x = common.normalize_pad(np.ascontiguousarray(rgb, np.float32), SIZE)
+    full = np.zeros((len(windows), SIZE, SIZE), np.float32)
     full[:, :h, :w] = masks
     boxes_t = torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4)
     return {"image": torch.from_numpy(x), "size": (h, w), "boxes": boxes_t,
-            "labels": torch.tensor([a["class_id"] for a in insts], dtype=torch.int64),
-            "masks": torch.from_numpy(full), "density": box_density(boxes_t)}
+            "labels": torch.from_numpy(labels), "masks": torch.from_numpy(full),
+            "density": box_density(boxes_t)}
 
 
-def collate(batch):
-    return batch
+def batches(pool, batch, rng):
+    while True:
+        yield [make_view(pool[int(i)], rng) for i in rng.integers(0, len(pool), batch)]
 
 
 # ----------------------------------------------------------------------------- reference inference
@@ -480,7 +495,7 @@ def write_card(path, args, metrics_, train_info, ops):
     card = {
         "name": "shapes-det",
         "description": "Two-stage Mask R-CNN-like detector for maskd's synthetic shapes: depthwise-separable "
-                       "backbone (output stride 8, HDC dilations 1,2,5) + ASPP (GroupNorm) features, a "
+                       "backbone (output stride 8, HDC dilations 1,2,5 twice) + ASPP (GroupNorm, rates 6,12,18) features, a "
                        "single-level RPN, a box head with class-specific deltas, coordinate log-variances "
                        "(Softer-NMS) and a density (Adaptive NMS), and a 28x28 class-specific mask head.",
         "pipeline": "detect-two-stage",
@@ -553,7 +568,7 @@ def write_card(path, args, metrics_, train_info, ops):
                 "limits": {"max_detections": 300, "iou": [0.1, 0.95]}},
         "onnx": {"opset": 13, "ops": ops},
         "training": {"seed": args.seed, "reproduce": "models/train/reproduce.sh",
-                     "command": "nice -n 19 /usr/bin/python3 models/train/train_det.py "
+                     "command": "/usr/bin/python3 models/train/train_det.py "
                      + " ".join(args.reproduce), **train_info},
         "accuracy": {"pytorch": metrics_, "maskd": None,
                      "notes": "pytorch = infer() in train_det.py (the reference path: PIL draft decode, bilinear "
@@ -570,11 +585,12 @@ def write_card(path, args, metrics_, train_info, ops):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=2, help="training data stream + init seed")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pool", type=int, default=4000, help="generated images the training samples are drawn from")
+    ap.add_argument("--procs", type=int, default=2, help="processes that draw the pool")
     ap.add_argument("--eval-seed", type=int, default=1000)
     ap.add_argument("--eval-count", type=int, default=300)
     ap.add_argument("--val-every", type=int, default=1000)
@@ -617,10 +633,10 @@ def main():
         if args.resume:
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
-        data = torch.utils.data.DataLoader(
-            common.Stream(args.seed, make_sample, start=args.data_start + state["step"] * args.batch),
-            batch_size=args.batch, num_workers=args.workers, collate_fn=collate,
-            persistent_workers=args.workers > 0)
+        t_pool = time.time()
+        pool = common.draw_pool(args.seed, args.data_start, args.pool, letterboxed, args.procs, log)
+        state["pool_seconds"] = state.get("pool_seconds", 0.0) + time.time() - t_pool
+        data = batches(pool, args.batch, np.random.default_rng([args.seed, state["step"], 11]))
         model.stage1.to(memory_format=torch.channels_last)
         model.train()
         t_start, run = time.time() - state["seconds"], {}
@@ -662,8 +678,10 @@ def main():
         metrics_ = json.load(open(card_path))["accuracy"]["pytorch"]
     else:
         metrics_ = evaluate(model.stage1, model.stage2, args.eval_seed, args.eval_count, log)
-    train_info = {"steps": state["step"], "batch": args.batch, "images_seen": state["step"] * args.batch,
-                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads,
+    train_info = {"steps": state["step"], "batch": args.batch, "images_drawn": args.pool,
+                  "views_seen": state["step"] * args.batch,
+                  "train_minutes": round(state["seconds"] / 60, 1),
+                  "pool_minutes": round(state.get("pool_seconds", 0.0) / 60, 1), "threads": args.threads,
                   "previous_phase": state.get("previous")}
     write_card(card_path, args, metrics_, train_info, ops)
     log("card written")

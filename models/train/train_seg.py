@@ -5,12 +5,15 @@
     /usr/bin/python3 models/train/train_seg.py --eval-only           # re-measure the checkpoint
     /usr/bin/python3 models/train/train_seg.py --export-only         # re-export the checkpoint
 
-Network: depthwise-separable backbone (output stride 8, HDC dilations 1,2,5) -> ASPP with
-GroupNorm (1x1, atrous 3/6/9, image pooling) -> DUC (1x1 conv to classes * 8 * 8 channels,
-PixelShuffle(8) = ONNX DepthToSpace CRD) -> logits at the input resolution.
+Network: depthwise-separable backbone (output stride 8, HDC dilations 1,2,5 twice) -> ASPP
+with GroupNorm (1x1, atrous 6/12/18, image pooling) -> decoder at /4 (ASPP output upsampled x2
++ the backbone's /4 features) -> DUC (1x1 conv to classes * 4 * 4 channels, PixelShuffle(4) =
+ONNX DepthToSpace CRD) -> logits at the input resolution.
+
+Training draws a pool of generated images once on every core, then trains on random crops and
+turns of them with the cores to itself (drawing an image costs as much as a step on it).
 """
 import argparse
-import functools
 import json
 import math
 import os
@@ -34,31 +37,48 @@ from common import generate  # noqa: E402
 
 SIZE = 320
 NUM_CLASSES = 5
-UPSCALE = 8
+UPSCALE = 4
+ASPP_RATES = (6, 12, 18)
 
 
 class SegNet(nn.Module):
+    """Backbone (/4 and /8 features) -> ASPP on /8 -> decoder at /4: the ASPP output upsampled
+    x2 (bilinear) and concatenated with the projected /4 features (boundaries are where a
+    DUC from /8 alone went wrong most: a sixth of each class's union was within 1.5 input
+    pixels of a true edge) -> DUC: 1x1 conv to classes * 4 * 4 channels, PixelShuffle(4)."""
+
     def __init__(self):
         super().__init__()
-        self.backbone, c = common.backbone()
-        self.aspp = common.ASPP(c, 64, 96)
-        self.duc = nn.Sequential(
-            common.conv_bn(96, 96, 3, groups=96), common.conv_bn(96, 128, 1),
-            nn.Conv2d(128, NUM_CLASSES * UPSCALE * UPSCALE, 1),
-            nn.PixelShuffle(UPSCALE))
+        self.backbone = common.Backbone()
+        self.aspp = common.ASPP(self.backbone.channels, 64, 128, rates=ASPP_RATES)
+        self.low_project = common.conv_bn(self.backbone.low_channels, 32, 1)
+        c = 128 + 32
+        self.decoder = nn.Sequential(
+            common.conv_bn(c, c, 3, groups=c), common.conv_bn(c, 64, 1),
+            common.conv_bn(64, 64, 3, groups=64), common.conv_bn(64, 64, 1))
+        self.duc = nn.Sequential(nn.Conv2d(64, NUM_CLASSES * UPSCALE * UPSCALE, 1), nn.PixelShuffle(UPSCALE))
 
     def forward(self, x):
-        return self.duc(self.aspp(self.backbone(x)))
+        low, high = self.backbone(x)
+        context = F.interpolate(self.aspp(high), scale_factor=2, mode="bilinear", align_corners=False)
+        return self.duc(self.decoder(torch.cat([context, self.low_project(low)], 1)))
 
 
-def make_sample(sample, rng, crop=0):
-    """Letterboxed input and class map; with `crop`, a random crop x crop window of them at the
-    same scale (mostly over the image, not its padding) -- the DeepLab recipe: the network is
-    fully convolutional, and a crop costs a fraction of the full input to train on."""
+def letterboxed(sample, rng):
+    """One generated image as the network sees it (resampled to the letterboxed size by a random
+    method) and its class map at that size, both uint8 -- what the training pool keeps."""
     rgb, new_w, new_h = common.preprocess_train(sample, SIZE, rng)
     target = common.class_map_at_input(sample["classes"], new_w, new_h)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), target.astype(np.uint8)
+
+
+def make_view(rgb, target, rng, crop=0):
+    """A training view of a letterboxed image: one of the 8 turns of the square, placed
+    top-left in the padded input; with `crop`, a random crop x crop window of it (mostly over
+    the image, not its padding) -- the DeepLab recipe: the network is fully convolutional, and
+    a crop costs a fraction of the full input to train on."""
     rgb, target = common.dihedral([rgb, target], int(rng.integers(0, 8)))
-    x = common.normalize_pad(rgb, SIZE)
+    x = common.normalize_pad(rgb.astype(np.float32), SIZE)
     y = np.zeros((SIZE, SIZE), np.int64)
     y[:target.shape[0], :target.shape[1]] = target
     if crop:
@@ -67,7 +87,14 @@ def make_sample(sample, rng, crop=0):
         y0 = int(rng.integers(0, max(0, h - crop) + 1))
         x = np.ascontiguousarray(x[:, y0:y0 + crop, x0:x0 + crop])
         y = np.ascontiguousarray(y[y0:y0 + crop, x0:x0 + crop])
-    return torch.from_numpy(x), torch.from_numpy(y)
+    return x, y
+
+
+def batches(pool, batch, crop, rng):
+    while True:
+        views = [make_view(*pool[int(i)], rng, crop) for i in rng.integers(0, len(pool), batch)]
+        yield (torch.from_numpy(np.stack([v[0] for v in views])),
+               torch.from_numpy(np.stack([v[1] for v in views])))
 
 
 def dice_loss(logits, target):
@@ -139,8 +166,9 @@ def write_card(path, args, metrics, train_info, ops):
     card = {
         "name": "shapes-seg",
         "description": "DeepLab-style semantic segmenter for maskd's synthetic shapes: "
-                       "depthwise-separable backbone (output stride 8, HDC dilations 1,2,5), "
-                       "ASPP with GroupNorm, DUC head (PixelShuffle 8).",
+                       "depthwise-separable backbone (output stride 8, HDC dilations 1,2,5 twice), "
+                       "ASPP with GroupNorm (rates 6,12,18), decoder at stride 4 with the backbone's "
+                       "stride-4 features, DUC head (PixelShuffle 4).",
         "pipeline": "segment",
         "files": {"model": "shapes-seg.onnx"},
         "input": {"name": "input", "shape": [1, 3, SIZE, SIZE], "layout": "NCHW", "dtype": "float32",
@@ -165,7 +193,7 @@ def write_card(path, args, metrics, train_info, ops):
                         "crop_valid_region": True},
         "onnx": {"opset": 13, "ops": ops},
         "training": {"seed": args.seed, "reproduce": "models/train/reproduce.sh",
-                     "command": "nice -n 19 /usr/bin/python3 models/train/train_seg.py "
+                     "command": "/usr/bin/python3 models/train/train_seg.py "
                      + " ".join(args.reproduce), **train_info},
         "accuracy": {"pytorch": metrics, "maskd": None,
                      "notes": "pytorch = the reference path in train_seg.py (PIL draft decode, bilinear "
@@ -182,11 +210,12 @@ def write_card(path, args, metrics, train_info, ops):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=1, help="training data stream + init seed")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pool", type=int, default=8000, help="generated images the training views are drawn from")
+    ap.add_argument("--procs", type=int, default=2, help="processes that draw the pool")
     ap.add_argument("--eval-seed", type=int, default=1000)
     ap.add_argument("--eval-count", type=int, default=300)
     ap.add_argument("--val-every", type=int, default=1000)
@@ -194,9 +223,8 @@ def main():
     ap.add_argument("--out-dir", default=common.MODELS)
     ap.add_argument("--snapshot-at", type=int, default=500,
                     help="also keep the checkpoint of this step (train_det.py starts its backbone from it)")
-    ap.add_argument("--crop", type=int, default=0,
+    ap.add_argument("--crop", type=int, default=224,
                     help="train on random crop x crop windows of the %d x %d input (0 = whole input)" % (SIZE, SIZE))
-    ap.add_argument("--views", type=int, default=1, help="augmented views (crops) per generated image")
     ap.add_argument("--hard-pixels", type=float, default=0.0,
                     help="cross-entropy over this share of the hardest pixels only (0 = all pixels)")
     common.add_phase_args(ap)
@@ -227,10 +255,10 @@ def main():
         if args.resume:
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
-        data = torch.utils.data.DataLoader(
-            common.Stream(args.seed, functools.partial(make_sample, crop=args.crop),
-                          start=args.data_start + state["step"] * args.batch // args.views, views=args.views),
-            batch_size=args.batch, num_workers=args.workers, persistent_workers=args.workers > 0)
+        t_pool = time.time()
+        pool = common.draw_pool(args.seed, args.data_start, args.pool, letterboxed, args.procs, log)
+        state["pool_seconds"] = state.get("pool_seconds", 0.0) + time.time() - t_pool
+        data = batches(pool, args.batch, args.crop, np.random.default_rng([args.seed, state["step"], 11]))
         model.to(memory_format=torch.channels_last)   # depthwise convs are ~5x faster so on CPU
         model.train()
         t_start, run_loss = time.time() - state["seconds"], None
@@ -271,8 +299,9 @@ def main():
     else:
         metrics = evaluate(model, args.eval_seed, args.eval_count, log)
     train_info = {"steps": state["step"], "batch": args.batch, "crop": args.crop or SIZE,
-                  "images_seen": state["step"] * args.batch // args.views,
-                  "train_minutes": round(state["seconds"] / 60, 1), "threads": args.threads,
+                  "images_drawn": args.pool, "views_seen": state["step"] * args.batch,
+                  "train_minutes": round(state["seconds"] / 60, 1),
+                  "pool_minutes": round(state.get("pool_seconds", 0.0) / 60, 1), "threads": args.threads,
                   "previous_phase": state.get("previous")}
     write_card(os.path.join(args.out_dir, "shapes-seg.json"), args, metrics, train_info, ops)
     log("card written")
