@@ -513,43 +513,8 @@ static void sampler_column(mask_sampler *s, int j)
     }
 }
 
-/* COCO RLE counts (column-major runs, zeros first), grown as runs end. */
-typedef struct run_list {
-    uint32_t *counts;
-    size_t n, cap;
-    uint32_t run;
-    uint8_t value;
-    int failed;
-} run_list;
-
-static void runs_close(run_list *r)
-{
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 64;
-        uint32_t *c = realloc(r->counts, cap * sizeof *c);
-        if (!c) {
-            r->failed = 1;
-            return;
-        }
-        r->counts = c;
-        r->cap = cap;
-    }
-    r->counts[r->n++] = r->run;
-}
-
-static inline void runs_add(run_list *r, uint8_t value, uint32_t len)
-{
-    if (!len) return;
-    if (value != r->value) {
-        runs_close(r);
-        r->value = value;
-        r->run = 0;
-    }
-    r->run += len;
-}
-
 /* The runs of a 0/1 column, eight pixels at a time where nothing changes. */
-static void runs_add_bits(run_list *r, const uint8_t *bits, int n)
+static void runs_add_bits(mk_rle_runs *r, const uint8_t *bits, int n)
 {
     int y = 0;
     while (y < n) {
@@ -561,7 +526,7 @@ static void runs_add_bits(run_list *r, const uint8_t *bits, int n)
             if (w != same) break;
         }
         while (e < n && bits[e] == v) e++;
-        runs_add(r, v, (uint32_t)(e - y));
+        mk_rle_runs_add(r, v, (uint32_t)(e - y));
         y = e;
     }
 }
@@ -570,24 +535,18 @@ static void runs_add_bits(run_list *r, const uint8_t *bits, int n)
 static int sampler_rle(mask_sampler *s, maskd_rle *out, maskd_error *err)
 {
     const int H = s->height;
-    run_list r = {0};
+    mk_rle_runs r = {0};
     for (int x = 0; x < s->width; x++) {
         if (x < s->col0 || x >= s->col1) {
-            runs_add(&r, 0, (uint32_t)H);
+            mk_rle_runs_add(&r, 0, (uint32_t)H);
             continue;
         }
         sampler_column(s, x);
-        runs_add(&r, 0, (uint32_t)s->row0);
+        mk_rle_runs_add(&r, 0, (uint32_t)s->row0);
         runs_add_bits(&r, s->bits, s->row1 - s->row0);
-        runs_add(&r, 0, (uint32_t)(H - s->row1));
+        mk_rle_runs_add(&r, 0, (uint32_t)(H - s->row1));
     }
-    runs_close(&r);
-    if (r.failed) {
-        free(r.counts);
-        return mk_fail(err, MASKD_ERR_NOMEM, "mask: out of memory");
-    }
-    *out = (maskd_rle){H, s->width, r.n, r.counts};
-    return MASKD_OK;
+    return mk_rle_runs_finish(&r, H, s->width, out, err);
 }
 
 /* The detection's mask into an image-sized 0/1 mask (zero outside bb), for

@@ -558,38 +558,31 @@ void maskd_result_free(maskd_result *r)
     memset(r, 0, sizeof *r);
 }
 
-typedef struct rle_builder {
-    uint32_t *counts;
-    size_t n, cap;
-    uint32_t run;
-    int value;
-    int failed;
-} rle_builder;
-
-static void rle_push(rle_builder *b)
+void mk_rle_runs_close(mk_rle_runs *r)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 16;
-        uint32_t *c = realloc(b->counts, cap * sizeof *c);
+    if (r->failed) return;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 64;
+        uint32_t *c = realloc(r->counts, cap * sizeof *c);
         if (!c) {
-            b->failed = 1;
+            r->failed = 1;
             return;
         }
-        b->counts = c;
-        b->cap = cap;
+        r->counts = c;
+        r->cap = cap;
     }
-    b->counts[b->n++] = b->run;
+    r->counts[r->n++] = r->run;
 }
 
-static inline void rle_stretch(rle_builder *b, int value, uint32_t len)
+int mk_rle_runs_finish(mk_rle_runs *r, int height, int width, maskd_rle *out, maskd_error *err)
 {
-    if (!len) return;
-    if (value != b->value) {
-        rle_push(b);
-        b->value = value;
-        b->run = 0;
+    mk_rle_runs_close(r);
+    if (r->failed) {
+        free(r->counts);
+        return mk_fail(err, MASKD_ERR_NOMEM, "mask: out of memory");
     }
-    b->run += len;
+    *out = (maskd_rle){height, width, r->n, r->counts};
+    return MASKD_OK;
 }
 
 /* COCO RLE (column-major) of a 0/1 mask whose ones all lie inside bb, in
@@ -598,23 +591,17 @@ static inline void rle_stretch(rle_builder *b, int value, uint32_t len)
 static int rle_in_box(const uint8_t *mask, int width, int height, const int32_t bb[4],
                       maskd_rle *out, maskd_error *err)
 {
-    rle_builder b = {0};
+    mk_rle_runs b = {0};
     for (int x = 0; x < width; x++) {
         if (x < bb[0] || x >= bb[2] || bb[3] <= bb[1]) {
-            rle_stretch(&b, 0, (uint32_t)height);
+            mk_rle_runs_add(&b, 0, (uint32_t)height);
             continue;
         }
-        rle_stretch(&b, 0, (uint32_t)bb[1]);
-        for (int y = bb[1]; y < bb[3]; y++) rle_stretch(&b, mask[(size_t)y * width + x] != 0, 1);
-        rle_stretch(&b, 0, (uint32_t)(height - bb[3]));
+        mk_rle_runs_add(&b, 0, (uint32_t)bb[1]);
+        for (int y = bb[1]; y < bb[3]; y++) mk_rle_runs_add(&b, mask[(size_t)y * width + x] != 0, 1);
+        mk_rle_runs_add(&b, 0, (uint32_t)(height - bb[3]));
     }
-    rle_push(&b);
-    if (b.failed) {
-        free(b.counts);
-        return mk_fail(err, MASKD_ERR_NOMEM, "mask: out of memory");
-    }
-    *out = (maskd_rle){height, width, b.n, b.counts};
-    return MASKD_OK;
+    return mk_rle_runs_finish(&b, height, width, out, err);
 }
 
 int mk_detection_set_mask(maskd_detection *d, const uint8_t *mask, int width, int height,

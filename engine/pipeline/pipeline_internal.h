@@ -62,4 +62,30 @@ int mk_detection_set_mask(maskd_detection *d, const uint8_t *mask, int width, in
                           const int32_t *bb, const maskd_request *req, maskd_pool *pool,
                           maskd_error *err);
 
+/* COCO RLE counts being built: column-major runs, zeros first, the array
+ * grown as runs end (a failed allocation is remembered for finish). */
+typedef struct mk_rle_runs {
+    uint32_t *counts;
+    size_t n, cap;
+    uint32_t run;
+    int value;
+    int failed;
+} mk_rle_runs;
+
+void mk_rle_runs_close(mk_rle_runs *r);
+
+static inline void mk_rle_runs_add(mk_rle_runs *r, int value, uint32_t len)
+{
+    if (!len) return;
+    if (value != r->value) {
+        mk_rle_runs_close(r);
+        r->value = value;
+        r->run = 0;
+    }
+    r->run += len;
+}
+
+/* Closes the last run and hands the counts to out (they are freed on failure). */
+int mk_rle_runs_finish(mk_rle_runs *r, int height, int width, maskd_rle *out, maskd_error *err);
+
 #endif
