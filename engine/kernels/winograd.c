@@ -31,6 +31,16 @@
 
 enum { P = MK_WINO_POINTS, VL_MAX = 16 };
 
+/* V and M hold [point][channel][tile] with each point's matrix this many
+ * floats past a whole number of rows: matrices of whole rows are often a
+ * multiple of 4 KB apart (512 channels x 96 tiles), and then the 36 points
+ * one transform writes or reads of a lane group all map to one L1 set.
+ * That conflict made the input transform 3x slower than its work. */
+enum { POINT_SKEW = 16 };
+
+/* Lane groups whose addresses are worked out at a time (128 tiles). */
+enum { GROUPS_MAX = 8 };
+
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---- geometry ------------------------------------------------------------ */
@@ -179,77 +189,72 @@ static void lanes_of(const mk_winograd_geom *g, int64_t t0, int64_t nt, int vl, 
         }                                                                                  \
     } while (0)
 
-/* B^T d B on VL lanes: rows (the six d[r * 6 + s] of one column s) first,
- * then the columns of the result.  out[xi] goes to v + xi * point_stride. */
-#define INPUT_TX_BODY(VL)                                                                  \
+/* B^T d B on VL lanes, vector type V (a GCC vector of VL floats): the rows
+ * (the six d[r][s] of one column s) first, then the columns of the result.
+ * out[xi] goes to v + xi * point_stride. */
+#define INPUT_TX_BODY(V)                                                                   \
     do {                                                                                   \
-        float t[36][VL];                                                                   \
-        for (int s = 0; s < 6; s++)                                                        \
-            for (int k = 0; k < VL; k++) {                                                 \
-                const float d0 = d[s][k], d1 = d[6 + s][k], d2 = d[12 + s][k];             \
-                const float d3 = d[18 + s][k], d4 = d[24 + s][k], d5 = d[30 + s][k];       \
-                t[s][k] = 4.0f * d0 - 5.0f * d2 + d4;                                      \
-                t[6 + s][k] = d3 + d4 - 4.0f * (d1 + d2);                                  \
-                t[12 + s][k] = 4.0f * (d1 - d2) + d4 - d3;                                 \
-                t[18 + s][k] = 2.0f * (d3 - d1) + d4 - d2;                                 \
-                t[24 + s][k] = 2.0f * (d1 - d3) + d4 - d2;                                 \
-                t[30 + s][k] = 4.0f * d1 - 5.0f * d3 + d5;                                 \
-            }                                                                              \
+        V t[36];                                                                           \
+        for (int s = 0; s < 6; s++) {                                                      \
+            const V d0 = LOADV(V, d[s]), d1 = LOADV(V, d[6 + s]), d2 = LOADV(V, d[12 + s]); \
+            const V d3 = LOADV(V, d[18 + s]), d4 = LOADV(V, d[24 + s]);                    \
+            const V d5 = LOADV(V, d[30 + s]);                                              \
+            t[s] = 4.0f * d0 - 5.0f * d2 + d4;                                             \
+            t[6 + s] = d3 + d4 - 4.0f * (d1 + d2);                                         \
+            t[12 + s] = 4.0f * (d1 - d2) + d4 - d3;                                        \
+            t[18 + s] = 2.0f * (d3 - d1) + d4 - d2;                                        \
+            t[24 + s] = 2.0f * (d1 - d3) + d4 - d2;                                        \
+            t[30 + s] = 4.0f * d1 - 5.0f * d3 + d5;                                        \
+        }                                                                                  \
         for (int r = 0; r < 6; r++) {                                                      \
             float *o = v + r * 6 * point_stride;                                           \
-            for (int k = 0; k < VL; k++) {                                                 \
-                const float d0 = t[r * 6][k], d1 = t[r * 6 + 1][k], d2 = t[r * 6 + 2][k];  \
-                const float d3 = t[r * 6 + 3][k], d4 = t[r * 6 + 4][k];                    \
-                const float d5 = t[r * 6 + 5][k];                                          \
-                o[k] = 4.0f * d0 - 5.0f * d2 + d4;                                         \
-                o[point_stride + k] = d3 + d4 - 4.0f * (d1 + d2);                          \
-                o[2 * point_stride + k] = 4.0f * (d1 - d2) + d4 - d3;                      \
-                o[3 * point_stride + k] = 2.0f * (d3 - d1) + d4 - d2;                      \
-                o[4 * point_stride + k] = 2.0f * (d1 - d3) + d4 - d2;                      \
-                o[5 * point_stride + k] = 4.0f * d1 - 5.0f * d3 + d5;                      \
-            }                                                                              \
+            const V d0 = t[r * 6], d1 = t[r * 6 + 1], d2 = t[r * 6 + 2];                   \
+            const V d3 = t[r * 6 + 3], d4 = t[r * 6 + 4], d5 = t[r * 6 + 5];               \
+            STOREV(V, o, 4.0f * d0 - 5.0f * d2 + d4);                                      \
+            STOREV(V, o + point_stride, d3 + d4 - 4.0f * (d1 + d2));                       \
+            STOREV(V, o + 2 * point_stride, 4.0f * (d1 - d2) + d4 - d3);                   \
+            STOREV(V, o + 3 * point_stride, 2.0f * (d3 - d1) + d4 - d2);                   \
+            STOREV(V, o + 4 * point_stride, 2.0f * (d1 - d3) + d4 - d2);                   \
+            STOREV(V, o + 5 * point_stride, 4.0f * d1 - 5.0f * d3 + d5);                   \
         }                                                                                  \
     } while (0)
 
 /* A^T m A on VL lanes (m[xi] at m + xi * point_stride), then bias, the
  * clamp, post, and the existing outputs of each lane stored into plane y. */
-#define OUTPUT_TX_BODY(VL)                                                                 \
+#define OUTPUT_TX_BODY(V, VI, VL)                                                              \
     do {                                                                                   \
-        float t[24][VL], o[16][VL];                                                        \
-        for (int s = 0; s < 6; s++)                                                        \
-            for (int k = 0; k < VL; k++) {                                                 \
-                const float m0 = m[s * point_stride + k];                                  \
-                const float m1 = m[(6 + s) * point_stride + k];                            \
-                const float m2 = m[(12 + s) * point_stride + k];                           \
-                const float m3 = m[(18 + s) * point_stride + k];                           \
-                const float m4 = m[(24 + s) * point_stride + k];                           \
-                const float m5 = m[(30 + s) * point_stride + k];                           \
-                const float a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;            \
-                t[s][k] = m0 + a + c;                                                      \
-                t[6 + s][k] = b + 2.0f * e;                                                \
-                t[12 + s][k] = a + 4.0f * c;                                               \
-                t[18 + s][k] = b + 8.0f * e + m5;                                          \
-            }                                                                              \
-        for (int r = 0; r < 4; r++)                                                        \
-            for (int k = 0; k < VL; k++) {                                                 \
-                const float m0 = t[r * 6][k], m1 = t[r * 6 + 1][k], m2 = t[r * 6 + 2][k];  \
-                const float m3 = t[r * 6 + 3][k], m4 = t[r * 6 + 4][k];                    \
-                const float m5 = t[r * 6 + 5][k];                                          \
-                const float a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;            \
-                o[r * 4][k] = m0 + a + c + bias;                                           \
-                o[r * 4 + 1][k] = b + 2.0f * e + bias;                                     \
-                o[r * 4 + 2][k] = a + 4.0f * c + bias;                                     \
-                o[r * 4 + 3][k] = b + 8.0f * e + m5 + bias;                                \
-            }                                                                              \
-        if (st->clamp == MK_SGEMM_CLAMP_RELU)                                              \
-            for (int i = 0; i < 16; i++)                                                   \
-                for (int k = 0; k < VL; k++) o[i][k] = o[i][k] > 0.0f ? o[i][k] : 0.0f;   \
-        else if (st->clamp == MK_SGEMM_CLAMP_CLIP)                                         \
-            for (int i = 0; i < 16; i++)                                                   \
-                for (int k = 0; k < VL; k++) {                                             \
-                    float v_ = o[i][k] < st->lo ? st->lo : o[i][k];                        \
-                    o[i][k] = v_ > st->hi ? st->hi : v_;                                   \
+        V t[24];                                                                           \
+        float o[16][VL];                                                                   \
+        for (int s = 0; s < 6; s++) {                                                      \
+            const V m0 = LOADV(V, m + s * point_stride);                                   \
+            const V m1 = LOADV(V, m + (6 + s) * point_stride);                             \
+            const V m2 = LOADV(V, m + (12 + s) * point_stride);                            \
+            const V m3 = LOADV(V, m + (18 + s) * point_stride);                            \
+            const V m4 = LOADV(V, m + (24 + s) * point_stride);                            \
+            const V m5 = LOADV(V, m + (30 + s) * point_stride);                            \
+            const V a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;                    \
+            t[s] = m0 + a + c;                                                             \
+            t[6 + s] = b + 2.0f * e;                                                       \
+            t[12 + s] = a + 4.0f * c;                                                      \
+            t[18 + s] = b + 8.0f * e + m5;                                                 \
+        }                                                                                  \
+        const V zero = {0}, lo = zero + st->lo, hi = zero + st->hi;                        \
+        for (int r = 0; r < 4; r++) {                                                      \
+            const V m0 = t[r * 6], m1 = t[r * 6 + 1], m2 = t[r * 6 + 2];                   \
+            const V m3 = t[r * 6 + 3], m4 = t[r * 6 + 4], m5 = t[r * 6 + 5];               \
+            const V a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;                    \
+            V q[4] = {m0 + a + c + bias, b + 2.0f * e + bias, a + 4.0f * c + bias,         \
+                      b + 8.0f * e + m5 + bias};                                           \
+            for (int j = 0; j < 4; j++) {                                                  \
+                /* v > 0 ? v : 0 maps NaN to 0, as the Relu op */                          \
+                if (st->clamp == MK_SGEMM_CLAMP_RELU) q[j] = SELECT(VI, q[j] > zero, q[j], zero); \
+                else if (st->clamp == MK_SGEMM_CLAMP_CLIP) {                               \
+                    q[j] = SELECT(VI, q[j] < lo, lo, q[j]);                                \
+                    q[j] = SELECT(VI, q[j] > hi, hi, q[j]);                                \
                 }                                                                          \
+                STOREV(V, o[r * 4 + j], q[j]);                                             \
+            }                                                                              \
+        }                                                                                  \
         if (st->post) st->post(&o[0][0], 16 * VL, st->post_arg);                           \
         const int64_t ow_n = g->w.out, sh = g->h.dil * ow_n, sw = g->w.dil;                \
         for (int k = 0; k < VL; k++) {                                                     \
@@ -260,6 +265,12 @@ static void lanes_of(const mk_winograd_geom *g, int64_t t0, int64_t nt, int vl, 
         }                                                                                  \
     } while (0)
 
+/* Unaligned vector loads and stores (memcpy compiles to one move). */
+#define LOADV(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+/* c ? a : b lane by lane, c a comparison's all-ones or zero lanes. */
+#define SELECT(VI, c, a, b) ({ const VI c_ = (VI)(c); (__typeof__(a))((c_ & (VI)(a)) | (~c_ & (VI)(b))); })
+#define STOREV(V, p, x) do { const V x_ = (x); memcpy((p), &x_, sizeof x_); } while (0)
+
 typedef void (*input_fn)(const float *x, const mk_winograd_geom *g, const lanes *ln, float *v,
                          int64_t point_stride);
 typedef void (*output_fn)(const float *m, int64_t point_stride, float bias,
@@ -267,20 +278,22 @@ typedef void (*output_fn)(const float *m, int64_t point_stride, float bias,
                           const lanes *ln, float *y);
 
 #define DEFINE_TRANSFORMS(SUFFIX, VL, TARGET)                                              \
+    typedef float vec_##SUFFIX __attribute__((vector_size(VL * sizeof(float))));           \
+    typedef int32_t veci_##SUFFIX __attribute__((vector_size(VL * sizeof(float))));        \
     TARGET static void input_##SUFFIX(const float *restrict x, const mk_winograd_geom *g,  \
                                       const lanes *ln, float *restrict v,                  \
                                       int64_t point_stride)                                \
     {                                                                                      \
         float d[36][VL];                                                                   \
         GATHER_BODY(VL);                                                                   \
-        INPUT_TX_BODY(VL);                                                                 \
+        INPUT_TX_BODY(vec_##SUFFIX);                                                       \
     }                                                                                      \
     TARGET static void output_##SUFFIX(const float *restrict m, int64_t point_stride,      \
                                        float bias, const mk_winograd_store *st,            \
                                        const mk_winograd_geom *g, const lanes *ln,         \
                                        float *restrict y)                                  \
     {                                                                                      \
-        OUTPUT_TX_BODY(VL);                                                                \
+        OUTPUT_TX_BODY(vec_##SUFFIX, veci_##SUFFIX, VL);                                                  \
     }
 
 DEFINE_TRANSFORMS(portable, 8, )
@@ -310,12 +323,19 @@ static void pick_isa(void)
 #endif
 }
 
+#ifdef WINO_PROFILE
+#include <time.h>
+double wino_prof[3];
+static double wino_now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
+#endif
+
 /* ---- one block of tiles ------------------------------------------------------ */
 
 size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles)
 {
     const int64_t ld = (tiles + VL_MAX - 1) / VL_MAX * VL_MAX;
-    return (size_t)(P * ld * (cin + mn)) * sizeof(float) + mk_sgemm_scratch_bytes(ld) + 64;
+    return (size_t)(P * (ld * (cin + mn) + 2 * POINT_SKEW)) * sizeof(float) +
+           mk_sgemm_scratch_bytes(ld) + 64;
 }
 
 void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout, int64_t m0,
@@ -327,27 +347,51 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
     const wino_isa k = isa;
     const int64_t ld = (nt + VL_MAX - 1) / VL_MAX * VL_MAX;
     const int64_t in_plane = g->h.in * g->w.in, out_plane = g->h.out * g->w.out;
-    float *v = scratch;                   /* [36][cin][ld] */
-    float *m = v + P * cin * ld;          /* [36][mn][ld] */
-    void *gemm_scratch = m + P * mn * ld;
-    lanes ln;
-    for (int64_t l0 = 0; l0 < nt; l0 += k.vl) {
-        lanes_of(g, t0 + l0, nt - l0, k.vl, &ln);
+    const int64_t v_point = cin * ld + POINT_SKEW, m_point = mn * ld + POINT_SKEW;
+    float *v = scratch;                   /* [36][cin][ld], v_point apart */
+    float *m = v + P * v_point;           /* [36][mn][ld], m_point apart */
+    void *gemm_scratch = m + P * m_point;
+    /* Channel by channel over all the lane groups, so that each plane of x
+     * (and of y below) is read from L2 while its tiles go by: lane groups
+     * outermost walked every plane per group, from L3 (and was half of a
+     * 512-channel layer's time). */
+    lanes ln[GROUPS_MAX];
+#ifdef WINO_PROFILE
+    double t_a = wino_now();
+#endif
+    for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
+        const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
+        for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
+            lanes_of(g, t0 + s0 + l0, s_n - l0, k.vl, &ln[l0 / k.vl]);
         for (int64_t c = 0; c < cin; c++)
-            k.input(x + c * in_plane, g, &ln, v + c * ld + l0, cin * ld);
+            for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
+                k.input(x + c * in_plane, g, &ln[l0 / k.vl], v + c * ld + s0 + l0, v_point);
     }
+#ifdef WINO_PROFILE
+    double t_b = wino_now();
+#endif
     const mk_packed_a ua = {NULL, cout, cin};
     const size_t point_floats = mk_sgemm_packed_a_floats(cout, cin);
     for (int xi = 0; xi < P; xi++) {
         mk_packed_a a = ua;
         a.data = u + xi * point_floats;
-        mk_sgemm_packed(&a, m0, mn, 0, cin, v + xi * cin * ld, ld, nt, m + xi * mn * ld, ld,
+        mk_sgemm_packed(&a, m0, mn, 0, cin, v + xi * v_point, ld, nt, m + xi * m_point, ld,
                         false, NULL, gemm_scratch);
     }
-    for (int64_t l0 = 0; l0 < nt; l0 += k.vl) {
-        lanes_of(g, t0 + l0, nt - l0, k.vl, &ln);
+#ifdef WINO_PROFILE
+    double t_c = wino_now();
+#endif
+    for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
+        const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
+        for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
+            lanes_of(g, t0 + s0 + l0, s_n - l0, k.vl, &ln[l0 / k.vl]);
         for (int64_t o = 0; o < mn; o++)
-            k.output(m + o * ld + l0, mn * ld, st->bias ? st->bias[o] : 0.0f, st, g, &ln,
-                     y + o * out_plane);
+            for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
+                k.output(m + o * ld + s0 + l0, m_point, st->bias ? st->bias[o] : 0.0f, st, g,
+                         &ln[l0 / k.vl], y + o * out_plane);
     }
+#ifdef WINO_PROFILE
+    double t_d = wino_now();
+    wino_prof[0] += t_b - t_a; wino_prof[1] += t_c - t_b; wino_prof[2] += t_d - t_c;
+#endif
 }
