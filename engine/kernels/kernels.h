@@ -179,8 +179,8 @@ typedef struct mk_winograd_geom {
 void mk_winograd_axis_init(mk_wino_axis *ax, int64_t in, int64_t out, int64_t pad, int64_t dil);
 
 size_t mk_winograd_u_floats(int64_t cout, int64_t cin);
-/* U of w ([cout][cin][3][3]); -1 when out of memory for its staging. */
-int mk_winograd_pack_u(const float *w, int64_t cout, int64_t cin, float *u);
+/* U of w ([cout][cin][3][3]) into u (mk_winograd_u_floats floats). */
+void mk_winograd_pack_u(const float *w, int64_t cout, int64_t cin, float *u);
 
 /* What the output transform applies as it stores: + bias[channel - m0]
  * (bias may be NULL), the clamp, then post over the values when not NULL. */

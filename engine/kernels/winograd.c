@@ -23,7 +23,6 @@
  * (target attributes) and chosen once from mk_cpu_level().
  */
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "../mk.h"
@@ -83,50 +82,57 @@ size_t mk_winograd_u_floats(int64_t cout, int64_t cin)
     return P * mk_sgemm_packed_a_floats(cout, cin);
 }
 
+/* G times a column (g0, g1, g2): G's rows are (1/4, 0, 0), -(1, 1, 1)/6,
+ * -(1, -1, 1)/6, (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1). */
+static inline void g_column(double g0, double g1, double g2, double out[6])
+{
+    const double even = g0 + g2, even24 = g0 / 24 + g2 / 6;
+    out[0] = g0 / 4;
+    out[1] = -(even + g1) / 6;
+    out[2] = -(even - g1) / 6;
+    out[3] = even24 + g1 / 12;
+    out[4] = even24 - g1 / 12;
+    out[5] = g2;
+}
+
 /* G g G^T of one 3x3 kernel (row-major), in double: the packed U is then
  * rounded once. */
 static void kernel_transform(const float *g, double u[P])
 {
-    static const double G[6][3] = {
-        {1.0 / 4, 0, 0},
-        {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-        {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-        {1.0 / 24, 1.0 / 12, 1.0 / 6},
-        {1.0 / 24, -1.0 / 12, 1.0 / 6},
-        {0, 0, 1},
-    };
-    double t[6][3];
-    for (int i = 0; i < 6; i++)
-        for (int j = 0; j < 3; j++)
-            t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
-    for (int i = 0; i < 6; i++)
-        for (int j = 0; j < 6; j++)
-            u[i * 6 + j] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+    double t[3][6]; /* t[j] = G times column j of g */
+    for (int j = 0; j < 3; j++) g_column(g[j], g[3 + j], g[6 + j], t[j]);
+    for (int i = 0; i < 6; i++) {
+        double row[6];
+        g_column(t[0][i], t[1][i], t[2][i], row);
+        for (int j = 0; j < 6; j++) u[i * 6 + j] = row[j];
+    }
 }
 
-int mk_winograd_pack_u(const float *w, int64_t cout, int64_t cin, float *u)
+void mk_winograd_pack_u(const float *w, int64_t cout, int64_t cin, float *u)
 {
-    if (cout <= 0 || cin <= 0) return 0;
-    /* One 8-row panel of every point at a time, so the staging stays small
-     * (a whole U in row-major form would double the load-time peak). */
-    float *rows = malloc((size_t)(P * MK_SGEMM_MR * cin) * sizeof *rows);
-    if (!rows) return -1;
+    if (cout <= 0 || cin <= 0) return;
+    /* Straight into the sgemm's panel layout ([panel][k][MR], see
+     * kernels.h), rows past cout zero, one point at a time per output row:
+     * the 36 points of one kernel are 4 KB multiples apart, and writing
+     * them in turn missed L1 on every store. */
     const size_t point_floats = mk_sgemm_packed_a_floats(cout, cin);
-    for (int64_t p0 = 0; p0 < cout; p0 += MK_SGEMM_MR) {
-        const int64_t mr = min64(MK_SGEMM_MR, cout - p0);
-        for (int64_t r = 0; r < mr; r++)
-            for (int64_t c = 0; c < cin; c++) {
+    memset(u, 0, P * point_floats * sizeof *u);
+    enum { C_BLOCK = 64 };
+    float row[P][C_BLOCK];
+    for (int64_t o = 0; o < cout; o++) {
+        float *panel = u + (o / MK_SGEMM_MR) * MK_SGEMM_MR * cin + o % MK_SGEMM_MR;
+        for (int64_t c0 = 0; c0 < cin; c0 += C_BLOCK) {
+            const int64_t cn = min64(C_BLOCK, cin - c0);
+            for (int64_t c = 0; c < cn; c++) {
                 double t[P];
-                kernel_transform(w + ((p0 + r) * cin + c) * 9, t);
-                for (int xi = 0; xi < P; xi++)
-                    rows[(xi * MK_SGEMM_MR + r) * cin + c] = (float)t[xi];
+                kernel_transform(w + (o * cin + c0 + c) * 9, t);
+                for (int xi = 0; xi < P; xi++) row[xi][c] = (float)t[xi];
             }
-        for (int xi = 0; xi < P; xi++)
-            mk_sgemm_pack_a(rows + xi * MK_SGEMM_MR * cin, cin, mr, cin, 1,
-                            u + xi * point_floats + p0 * cin);
+            for (int xi = 0; xi < P; xi++)
+                for (int64_t c = 0; c < cn; c++)
+                    panel[xi * point_floats + (c0 + c) * MK_SGEMM_MR] = row[xi][c];
+        }
     }
-    free(rows);
-    return 0;
 }
 
 /* ---- transforms, one body per instruction set -------------------------------- */
@@ -323,12 +329,6 @@ static void pick_isa(void)
 #endif
 }
 
-#ifdef WINO_PROFILE
-#include <time.h>
-double wino_prof[3];
-static double wino_now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
-#endif
-
 /* ---- one block of tiles ------------------------------------------------------ */
 
 size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles)
@@ -356,9 +356,6 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
      * outermost walked every plane per group, from L3 (and was half of a
      * 512-channel layer's time). */
     lanes ln[GROUPS_MAX];
-#ifdef WINO_PROFILE
-    double t_a = wino_now();
-#endif
     for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
         const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
         for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
@@ -367,9 +364,6 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
             for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
                 k.input(x + c * in_plane, g, &ln[l0 / k.vl], v + c * ld + s0 + l0, v_point);
     }
-#ifdef WINO_PROFILE
-    double t_b = wino_now();
-#endif
     const mk_packed_a ua = {NULL, cout, cin};
     const size_t point_floats = mk_sgemm_packed_a_floats(cout, cin);
     for (int xi = 0; xi < P; xi++) {
@@ -378,9 +372,6 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
         mk_sgemm_packed(&a, m0, mn, 0, cin, v + xi * v_point, ld, nt, m + xi * m_point, ld,
                         false, NULL, gemm_scratch);
     }
-#ifdef WINO_PROFILE
-    double t_c = wino_now();
-#endif
     for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
         const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
         for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
@@ -390,8 +381,4 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
                 k.output(m + o * ld + s0 + l0, m_point, st->bias ? st->bias[o] : 0.0f, st, g,
                          &ln[l0 / k.vl], y + o * out_plane);
     }
-#ifdef WINO_PROFILE
-    double t_d = wino_now();
-    wino_prof[0] += t_b - t_a; wino_prof[1] += t_c - t_b; wino_prof[2] += t_d - t_c;
-#endif
 }

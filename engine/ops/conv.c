@@ -418,7 +418,7 @@ enum { WINO_MIN_CHANNELS = 16, WINO_MAX_DILATION = 4 };
 enum { WINO_MIN_TILES = 16 };
 /* Tiles per block: a block's V and M ([36][channels][block]) near the
  * budget, in whole 16-lane steps of the transforms. */
-enum { WINO_BUDGET_BYTES = 2 << 20, WINO_MIN_BLOCK = 16, WINO_MAX_BLOCK = 96, WINO_STEP = 16 };
+enum { WINO_BUDGET_BYTES = 4 << 20, WINO_MIN_BLOCK = 32, WINO_MAX_BLOCK = 96, WINO_STEP = 16 };
 /* The transforms' cost per tile, point and channel (input, output) in
  * multiply-adds of the GEMM, and how much fewer Winograd's must be. */
 #define WINO_TX_IN 16.0
@@ -979,11 +979,8 @@ static int pack_lazily(mk_ctx *ctx, bool transpose, conv_plan *p)
     pthread_mutex_lock(&st->lazy_lock);
     if (p->algo == ALGO_WINOGRAD && !st->wino_u) {
         st->wino_u = mk_aligned_alloc(mk_winograd_u_floats(p->cout_g, p->cin_g) * sizeof(float));
-        if (!st->wino_u || mk_winograd_pack_u(w->data, p->cout_g, p->cin_g, st->wino_u)) {
-            mk_aligned_free(st->wino_u);
-            st->wino_u = NULL;
-            rc = MASKD_ERR_NOMEM;
-        }
+        if (st->wino_u) mk_winograd_pack_u(w->data, p->cout_g, p->cin_g, st->wino_u);
+        else rc = MASKD_ERR_NOMEM;
     } else if (p->algo == ALGO_IM2COL && !st->packed_w) {
         st->packed_w = mk_aligned_alloc(
             mk_sgemm_packed_a_floats(p->cout_g, p->cin_g * p->taps) * sizeof(float));
