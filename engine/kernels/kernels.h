@@ -158,4 +158,48 @@ void mk_sgemm_packed(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0, i
                      const float *b, int64_t ldb, int64_t n, float *c, int64_t ldc,
                      bool accumulate, const mk_sgemm_epilogue *ep, void *scratch);
 
+/*
+ * Winograd F(4x4, 3x3) for 3x3 stride-1 2-D convs, any dilation and padding
+ * (kernels/winograd.c).  U, the transformed weights, is packed once for
+ * mk_sgemm_packed: 36 matrices of cout x cin, point xi's at
+ * u + xi * mk_sgemm_packed_a_floats(cout, cin).
+ */
+enum { MK_WINO_OUT = 4, MK_WINO_IN = 6, MK_WINO_POINTS = 36 };
+
+/* One spatial axis: sizes, begin pad, dilation, and its tile count (tiles of
+ * 4 outputs of each residue modulo the dilation, see winograd.c). */
+typedef struct mk_wino_axis {
+    int64_t in, out, pad, dil, tiles;
+} mk_wino_axis;
+
+typedef struct mk_winograd_geom {
+    mk_wino_axis h, w; /* tiles: h.tiles * w.tiles, row-major */
+} mk_winograd_geom;
+
+void mk_winograd_axis_init(mk_wino_axis *ax, int64_t in, int64_t out, int64_t pad, int64_t dil);
+
+size_t mk_winograd_u_floats(int64_t cout, int64_t cin);
+/* U of w ([cout][cin][3][3]) into u (mk_winograd_u_floats floats). */
+void mk_winograd_pack_u(const float *w, int64_t cout, int64_t cin, float *u);
+
+/* What the output transform applies as it stores: + bias[channel - m0]
+ * (bias may be NULL), the clamp, then post over the values when not NULL. */
+typedef struct mk_winograd_store {
+    const float *bias;
+    mk_sgemm_clamp clamp;
+    float lo, hi;
+    void (*post)(float *v, int64_t n, const void *arg);
+    const void *post_arg;
+} mk_winograd_store;
+
+/* Scratch mk_winograd_block needs for cin input channels, mn output
+ * channels and up to `tiles` tiles. */
+size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles);
+/* Output channels [m0, m0 + mn) of tiles [t0, t0 + nt) of one image: x is
+ * [cin][in plane], y is output channel m0's plane of [cout][out plane].
+ * Single-threaded. */
+void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout, int64_t m0,
+                       int64_t mn, const mk_winograd_geom *g, int64_t t0, int64_t nt,
+                       const mk_winograd_store *st, float *y, void *scratch);
+
 #endif

@@ -27,6 +27,7 @@
  * ConvTranspose is sgemm (W^T x X, per output-channel chunk) then col2im.
  */
 #include <cblas.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,9 +73,21 @@ typedef struct conv_state {
     float *packed_w;
     const void *packed_from;
     int64_t packed_numel;
+    /* A conv Winograd may serve (see winograd_pays) packs nothing at load:
+     * the first infer or run with shapes packs U or the im2col weights,
+     * whichever the shape picks, under lazy_lock. */
+    bool wino_ok;
+    float *wino_u;
+    pthread_mutex_t lazy_lock;
 } conv_state;
 
-typedef enum conv_algo { ALGO_DEPTHWISE, ALGO_POINTWISE, ALGO_IM2COL, ALGO_TRANSPOSE } conv_algo;
+typedef enum conv_algo {
+    ALGO_DEPTHWISE,
+    ALGO_POINTWISE,
+    ALGO_IM2COL,
+    ALGO_TRANSPOSE,
+    ALGO_WINOGRAD,
+} conv_algo;
 
 typedef struct conv_plan {
     conv_algo algo;
@@ -100,6 +113,7 @@ typedef struct conv_plan {
     int slots;
     size_t slot_bytes;             /* per thread: columns or row pointers, staging, sgemm B panels */
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
+    mk_winograd_geom wino;         /* Winograd: tile = tiles per block, n_tiles = blocks */
 } conv_plan;
 
 
@@ -385,6 +399,100 @@ static int transpose_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int6
     return MASKD_OK;
 }
 
+/* ---- Winograd planning ---------------------------------------------------- */
+
+/*
+ * Winograd F(4x4, 3x3) (kernels/winograd.c) for 3x3 stride-1 2-D convs of
+ * one group, dense or dilated.  Its U is 4x the weights (36 points for 9
+ * taps), so only convs with enough channels qualify at load, and dilations
+ * up to WINO_MAX_DILATION: past that the sub-grids get too small to fill
+ * 4x4 tiles on real maps, and DeepLab's ASPP convs (rates 12 to 36, 2048
+ * input channels) would cost 75 MB of U each.  At plan time the shape
+ * decides: Winograd when its multiply-adds, transforms included, are fewer
+ * enough than those im2col does (which skips the taps in padding).
+ */
+enum { WINO_MIN_CHANNELS = 16, WINO_MAX_DILATION = 4 };
+/* Fewer tiles per image than this and each point's GEMM streams its U for
+ * too few columns: bound by memory, not FMAs (ResNet-50's 7x7 maps, 4
+ * tiles: 3.4 ms with im2col, 4.1 to 5.3 ms with Winograd). */
+enum { WINO_MIN_TILES = 16 };
+/* Tiles per block: a block's V and M ([36][channels][block]) near the
+ * budget, in whole 16-lane steps of the transforms. */
+enum { WINO_BUDGET_BYTES = 4 << 20, WINO_MIN_BLOCK = 32, WINO_MAX_BLOCK = 96, WINO_STEP = 16 };
+/* The transforms' cost per tile, point and channel (input, output) in
+ * multiply-adds of the GEMM, and how much fewer Winograd's must be. */
+#define WINO_TX_IN 16.0
+#define WINO_TX_OUT 9.0
+#define WINO_MARGIN 0.8
+
+/* Whether the weights at load admit Winograd. */
+static bool winograd_eligible(const conv_attrs *a, const mk_tensor *w)
+{
+    if (a->transpose || a->group != 1 || w->ndim != 4 || w->dims[2] != 3 || w->dims[3] != 3 ||
+        w->dims[0] < WINO_MIN_CHANNELS || w->dims[1] < WINO_MIN_CHANNELS)
+        return false;
+    for (int i = 0; i < a->n_strides; i++)
+        if (a->strides[i] != 1) return false;
+    for (int i = 0; i < a->n_dilations; i++)
+        if (a->dilations[i] > WINO_MAX_DILATION) return false;
+    return true;
+}
+
+/* Multiply-adds per input x output channel pair im2col does along iterated
+ * dim `dim`: the positions where each tap lands, summed over taps. */
+static int64_t landing_pairs(const mk_conv_geom *g, int dim)
+{
+    int64_t pairs = 0;
+    for (int64_t k = 0; k < g->kernel[dim]; k++) {
+        int64_t lo, hi;
+        mk_conv_tap_span(g, dim, k, &lo, &hi);
+        pairs += hi > lo ? hi - lo : 0;
+    }
+    return pairs;
+}
+
+/* Whether this node, at this shape, runs Winograd (fills p->wino if so). */
+static bool winograd_pays(const conv_state *st, const mk_tensor *w, conv_plan *p)
+{
+    if (!st || !st->wino_ok || !w->data || w->data != st->packed_from || p->rank != 2 ||
+        p->group != 1 || p->batch <= 0)
+        return false;
+    const mk_conv_geom *g = &p->geom;
+    if (mk_conv_iter_size(g) == 0) return false;
+    mk_winograd_axis_init(&p->wino.h, g->touch[1], g->iter[1], g->pad[1], g->dilation[1]);
+    mk_winograd_axis_init(&p->wino.w, g->touch[2], g->iter[2], g->pad[2], g->dilation[2]);
+    const int64_t tiles = p->wino.h.tiles * p->wino.w.tiles;
+    if (tiles < WINO_MIN_TILES) return false;
+    const double im2col = (double)landing_pairs(g, 1) * (double)landing_pairs(g, 2);
+    const double wino = MK_WINO_POINTS * (double)tiles *
+                        (1.0 + WINO_TX_IN / (double)p->cout_g + WINO_TX_OUT / (double)p->cin_g);
+    return wino < WINO_MARGIN * im2col;
+}
+
+/* Blocks of tiles and output-channel chunks for the pool (as split_work). */
+static void plan_winograd(conv_plan *p)
+{
+    p->algo = ALGO_WINOGRAD;
+    const int64_t tiles = p->wino.h.tiles * p->wino.w.tiles;
+    const int64_t per_tile = MK_WINO_POINTS * (p->cin_g + p->cout_g) * (int64_t)sizeof(float);
+    int64_t block = WINO_BUDGET_BYTES / per_tile / WINO_STEP * WINO_STEP;
+    if (block < WINO_MIN_BLOCK) block = WINO_MIN_BLOCK;
+    if (block > WINO_MAX_BLOCK) block = WINO_MAX_BLOCK;
+    int64_t blocks = mk_ceil_div(tiles, block);
+    const int64_t chunks = channel_chunks(p, p->batch * blocks, p->cout_g);
+    const int64_t max_blocks = mk_ceil_div(tiles, WINO_STEP);
+    if (p->batch * blocks * chunks < wanted_items(p))
+        blocks = mk_ceil_div(wanted_items(p), p->batch * chunks);
+    if (blocks > max_blocks) blocks = max_blocks;
+    while (blocks < max_blocks && uneven(p, p->batch * blocks * chunks)) blocks++;
+    block = mk_ceil_div(mk_ceil_div(tiles, blocks), WINO_STEP) * WINO_STEP;
+    if (block > tiles) block = tiles;
+    p->tile = block;
+    p->n_tiles = mk_ceil_div(tiles, block);
+    set_channel_chunks(p, p->cout_g, chunks);
+    p->slot_bytes = mk_align64(mk_winograd_block_bytes(p->cin_g, p->m_chunk, block));
+}
+
 static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
 {
     const mk_node *node = ctx->node;
@@ -490,6 +598,10 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
                g->iter[d] == g->touch[d];
     if (p->cin_g == 1) {
         p->algo = ALGO_DEPTHWISE;
+        return MASKD_OK;
+    }
+    if (!unit && winograd_pays(node->state, w, p)) {
+        plan_winograd(p);
         return MASKD_OK;
     }
     if (unit) {
@@ -814,6 +926,72 @@ static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int
     }
 }
 
+/* ---- Winograd run ---------------------------------------------------------- */
+
+static void winograd_post(float *v, int64_t n, const void *arg)
+{
+    const conv_job *job = arg;
+    mk_apply_act(v, n, job->act, job->act_alpha, job->act_beta);
+}
+
+/* Items are (image, block of tiles, output-channel chunk). */
+static void winograd_items(const conv_job *job, int64_t begin, int64_t end, int slot)
+{
+    const conv_plan *p = job->p;
+    void *scratch = job->slots + (size_t)slot * job->slot_stride;
+    const int64_t tiles = p->wino.h.tiles * p->wino.w.tiles;
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t mc = it % p->n_mchunks;
+        const int64_t b = (it / p->n_mchunks) % p->n_tiles;
+        const int64_t n = it / p->n_mchunks / p->n_tiles;
+        const int64_t m0 = mc * p->m_chunk;
+        const int64_t m_n = m0 + p->m_chunk < p->cout_g ? p->m_chunk : p->cout_g - m0;
+        const int64_t t0 = b * p->tile;
+        const mk_winograd_store store = {
+            .bias = job->bias ? job->bias + m0 : NULL,
+            .clamp = job->ep.clamp,
+            .lo = job->ep.lo,
+            .hi = job->ep.hi,
+            .post = job->act_after ? winograd_post : NULL,
+            .post_arg = job,
+        };
+        mk_winograd_block(job->x + n * p->c_in * p->s_in, p->cin_g, job->w, p->cout_g, m0, m_n,
+                          &p->wino, t0, t0 + p->tile < tiles ? p->tile : tiles - t0, &store,
+                          job->y + (n * p->c_out + m0) * p->s_out, scratch);
+    }
+}
+
+static int plan_of(mk_ctx *ctx, bool transpose, conv_plan *p);
+
+/*
+ * Packs, once, the weights the plan runs on when load left that to the
+ * first shapes (see conv_state): U for Winograd, the sgemm panels for
+ * im2col.  Then plans again, so that the plan sees them packed.
+ */
+static int pack_lazily(mk_ctx *ctx, bool transpose, conv_plan *p)
+{
+    conv_state *st = ctx->node->state;
+    const mk_tensor *w = ctx->in[1];
+    if (!st || !st->wino_ok || !w || w->data != st->packed_from ||
+        (p->algo != ALGO_WINOGRAD && p->algo != ALGO_IM2COL))
+        return MASKD_OK;
+    int rc = MASKD_OK;
+    pthread_mutex_lock(&st->lazy_lock);
+    if (p->algo == ALGO_WINOGRAD && !st->wino_u) {
+        st->wino_u = mk_aligned_alloc(mk_winograd_u_floats(p->cout_g, p->cin_g) * sizeof(float));
+        if (st->wino_u) mk_winograd_pack_u(w->data, p->cout_g, p->cin_g, st->wino_u);
+        else rc = MASKD_ERR_NOMEM;
+    } else if (p->algo == ALGO_IM2COL && !st->packed_w) {
+        st->packed_w = mk_aligned_alloc(
+            mk_sgemm_packed_a_floats(p->cout_g, p->cin_g * p->taps) * sizeof(float));
+        if (st->packed_w) pack_weights(w->data, 1, p->cout_g, p->cin_g, p->taps, st->packed_w);
+        else rc = MASKD_ERR_NOMEM;
+    }
+    pthread_mutex_unlock(&st->lazy_lock);
+    if (rc) return mk_op_fail(ctx, rc, "out of memory packing the weights");
+    return plan_of(ctx, transpose, p);
+}
+
 static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
 {
     const conv_job *job = arg;
@@ -822,6 +1000,7 @@ static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
     case ALGO_POINTWISE:
     case ALGO_IM2COL: gemm_items(job, begin, end, slot); break;
     case ALGO_TRANSPOSE: transpose_items(job, begin, end, slot); break;
+    case ALGO_WINOGRAD: winograd_items(job, begin, end, slot); break;
     }
 }
 
@@ -845,6 +1024,7 @@ static int run_common(mk_ctx *ctx, bool transpose)
     if (rc) return rc;
     mk_tensor *yt = ctx->out[0];
     if (!yt || mk_numel(yt) == 0) return MASKD_OK;
+    if ((rc = pack_lazily(ctx, transpose, &p))) return rc;
 
     int64_t items;
     switch (p.algo) {
@@ -892,6 +1072,7 @@ static int run_common(mk_ctx *ctx, bool transpose)
         break;
     default: job.act_after = true; break;
     }
+    if (p.algo == ALGO_WINOGRAD) job.w = ((const conv_state *)ctx->node->state)->wino_u;
     if (p.pack_weights) {
         const conv_state *st = ctx->node->state;
         if (p.pack_bytes) {
@@ -913,6 +1094,8 @@ static void conv_release(void *state)
     conv_state *st = state;
     if (!st) return;
     mk_aligned_free(st->packed_w);
+    mk_aligned_free(st->wino_u);
+    pthread_mutex_destroy(&st->lazy_lock);
     free(st);
 }
 
@@ -926,12 +1109,18 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
         free(st);
         return rc;
     }
+    pthread_mutex_init(&st->lazy_lock, NULL);
     const mk_tensor *w = mk_input(ctx, 1);
     /* Pack once at load what every run would otherwise pack (all but
      * depthwise convs, whose kernel reads W as it is).  A W that does not
      * fit its group is left for infer to reject. */
     const int64_t group = st->attrs.group;
-    if (!transpose && w && w->data && w->dtype == MASKD_FLOAT && w->ndim >= 3 &&
+    if (!transpose && w && w->data && w->dtype == MASKD_FLOAT &&
+        winograd_eligible(&st->attrs, w)) {
+        st->wino_ok = true;
+        st->packed_from = w->data;
+        st->packed_numel = mk_numel(w);
+    } else if (!transpose && w && w->data && w->dtype == MASKD_FLOAT && w->ndim >= 3 &&
         w->ndim <= MAX_SPATIAL + 2 && w->dims[0] > 0 && w->dims[0] % group == 0 &&
         w->dims[1] > 1) {
         const int64_t cout_g = w->dims[0] / group, cin_g = w->dims[1];
@@ -941,6 +1130,7 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
         if (floats > 0) {
             st->packed_w = mk_aligned_alloc(floats * sizeof(float));
             if (!st->packed_w) {
+                pthread_mutex_destroy(&st->lazy_lock);
                 free(st);
                 return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
             }
@@ -957,7 +1147,7 @@ static int infer_common(mk_ctx *ctx, bool transpose)
 {
     conv_plan p;
     int rc = plan_of(ctx, transpose, &p);
-    if (rc) return rc;
+    if (rc || (rc = pack_lazily(ctx, transpose, &p))) return rc;
     ctx->scratch_bytes = plan_scratch(&p);
     return set_output(ctx, &p);
 }

@@ -3,7 +3,7 @@
  * random shapes, through the ops' own prepare/infer/run with a 2-thread pool.
  *
  * Shapes are drawn so that every algorithm of ops/conv.c runs (depthwise,
- * 1x1 sgemm, im2col with tiles whose live taps differ, tiles wholly in
+ * 1x1 sgemm, Winograd, im2col with tiles whose live taps differ, tiles wholly in
  * padding, several tiles and output-channel chunks), with weights both as
  * initializers (packed at prepare) and as graph inputs (packed at run).
  * The reference accumulates in double; a result passes when its error is
@@ -428,9 +428,18 @@ done:
 }
 
 /* A random case; kind picks the algorithm it should reach. */
-enum kind { K_IM2COL, K_POINTWISE, K_DEPTHWISE, K_DILATED_BIG_PAD, K_TILED, K_TRANSPOSE, K_KINDS };
+enum kind {
+    K_IM2COL,
+    K_POINTWISE,
+    K_DEPTHWISE,
+    K_DILATED_BIG_PAD,
+    K_TILED,
+    K_TRANSPOSE,
+    K_WINOGRAD,
+    K_KINDS
+};
 static const char *kind_names[K_KINDS] = {"im2col", "pointwise", "depthwise", "dilated+padding",
-                                          "multi-tile", "transpose"};
+                                          "multi-tile", "transpose", "winograd"};
 
 static conv_case random_case(enum kind kind)
 {
@@ -498,6 +507,20 @@ static conv_case random_case(enum kind kind)
             cc.s[i] = rnd(1, 2);
         }
         break;
+    case K_WINOGRAD:
+        /* 3x3 stride 1 with enough channels and tiles for ops/conv.c to
+         * pick Winograd when W is an initializer (kernels/winograd.c; its
+         * own test covers every map size), pads up to the dilation. */
+        cc.rank = 2;
+        cc.c = rnd(16, 40);
+        cc.m = rnd(16, 40);
+        for (int i = 0; i < 2; i++) {
+            cc.d[i] = rnd(1, 4);
+            cc.k[i] = 3;
+            cc.s[i] = 1;
+            cc.in[i] = rnd(12, 20) * cc.d[i] / (cc.d[i] > 2 ? 2 : 1);
+        }
+        break;
     case K_TRANSPOSE:
         cc.transpose = true;
         cc.group = rnd(1, 2);
@@ -552,10 +575,13 @@ static conv_case random_case(enum kind kind)
     cc.has_pads = !cc.auto_pad || !strcmp(cc.auto_pad, "NOTSET");
     for (int i = 0; i < cc.rank; i++) {
         const int64_t eff = (cc.k[i] - 1) * cc.d[i] + 1;
-        int64_t big = kind == K_DILATED_BIG_PAD || rng() % 4 == 0;
+        int64_t big = kind == K_DILATED_BIG_PAD || (kind != K_WINOGRAD && rng() % 4 == 0);
         for (int e = 0; e < 2; e++)
             cc.pads[i + e * cc.rank] =
-                !cc.has_pads ? 0 : big ? rnd(0, eff + 3) : rnd(0, cc.k[i] > 1 ? cc.k[i] - 1 : 1);
+                !cc.has_pads            ? 0
+                : big                   ? rnd(0, eff + 3)
+                : kind == K_WINOGRAD    ? rnd(0, cc.d[i])
+                                        : rnd(0, cc.k[i] > 1 ? cc.k[i] - 1 : 1);
         if (cc.has_pads || (cc.auto_pad && !strcmp(cc.auto_pad, "VALID"))) {
             int64_t padded = cc.in[i] + cc.pads[i] + cc.pads[i + cc.rank];
             if (padded < eff) {
