@@ -81,6 +81,10 @@ typedef struct conv_state {
     pthread_mutex_t lazy_lock;
 } conv_state;
 
+/* A packed weight pointer of the shared state: lazily packed ones are
+ * published by pack_lazily while other sessions may be planning. */
+static float *packed_weights(float *const *slot) { return __atomic_load_n(slot, __ATOMIC_ACQUIRE); }
+
 typedef enum conv_algo {
     ALGO_DEPTHWISE,
     ALGO_POINTWISE,
@@ -622,7 +626,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
     p->pack_weights = p->cin_g > 0;
     p->a_group_floats = (int64_t)mk_sgemm_packed_a_floats(p->cout_g, p->cin_g * p->taps);
     const conv_state *st = node->state;
-    const bool prepacked = st && st->packed_w && w->data && st->packed_from == w->data &&
+    const bool prepacked = st && packed_weights(&st->packed_w) && w->data && st->packed_from == w->data &&
                            st->packed_numel == mk_numel(w);
     if (p->pack_weights && !prepacked)
         p->pack_bytes = mk_align64((size_t)(p->group * p->a_group_floats) * sizeof(float));
@@ -977,15 +981,19 @@ static int pack_lazily(mk_ctx *ctx, bool transpose, conv_plan *p)
         return MASKD_OK;
     int rc = MASKD_OK;
     pthread_mutex_lock(&st->lazy_lock);
-    if (p->algo == ALGO_WINOGRAD && !st->wino_u) {
-        st->wino_u = mk_aligned_alloc(mk_winograd_u_floats(p->cout_g, p->cin_g) * sizeof(float));
-        if (st->wino_u) mk_winograd_pack_u(w->data, p->cout_g, p->cin_g, st->wino_u);
+    /* Published with release stores: other sessions' plans read the
+     * pointers without the lock (packed_weights). */
+    if (p->algo == ALGO_WINOGRAD && !packed_weights(&st->wino_u)) {
+        float *u = mk_aligned_alloc(mk_winograd_u_floats(p->cout_g, p->cin_g) * sizeof(float));
+        if (u) mk_winograd_pack_u(w->data, p->cout_g, p->cin_g, u);
         else rc = MASKD_ERR_NOMEM;
-    } else if (p->algo == ALGO_IM2COL && !st->packed_w) {
-        st->packed_w = mk_aligned_alloc(
-            mk_sgemm_packed_a_floats(p->cout_g, p->cin_g * p->taps) * sizeof(float));
-        if (st->packed_w) pack_weights(w->data, 1, p->cout_g, p->cin_g, p->taps, st->packed_w);
+        __atomic_store_n(&st->wino_u, u, __ATOMIC_RELEASE);
+    } else if (p->algo == ALGO_IM2COL && !packed_weights(&st->packed_w)) {
+        float *a = mk_aligned_alloc(mk_sgemm_packed_a_floats(p->cout_g, p->cin_g * p->taps) *
+                                    sizeof(float));
+        if (a) pack_weights(w->data, 1, p->cout_g, p->cin_g, p->taps, a);
         else rc = MASKD_ERR_NOMEM;
+        __atomic_store_n(&st->packed_w, a, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&st->lazy_lock);
     if (rc) return mk_op_fail(ctx, rc, "out of memory packing the weights");
@@ -1072,14 +1080,14 @@ static int run_common(mk_ctx *ctx, bool transpose)
         break;
     default: job.act_after = true; break;
     }
-    if (p.algo == ALGO_WINOGRAD) job.w = ((const conv_state *)ctx->node->state)->wino_u;
+    if (p.algo == ALGO_WINOGRAD) job.w = packed_weights(&((conv_state *)ctx->node->state)->wino_u);
     if (p.pack_weights) {
         const conv_state *st = ctx->node->state;
         if (p.pack_bytes) {
             pack_weights(w->data, p.group, p.cout_g, p.cin_g, p.taps, (float *)scratch);
             job.w = (const float *)scratch;
         } else {
-            job.w = st->packed_w;
+            job.w = packed_weights(&st->packed_w);
         }
     }
     if (items > 0) mk_parallel_for(ctx->pool, items, 1, conv_items, &job);
