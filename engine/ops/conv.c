@@ -24,9 +24,9 @@
  * contiguous in the output.  Taps that land for part of a tile still multiply
  * zeros for the rest; 3-D convs are zoned only when their depth is trivial.
  *
- * ConvTranspose is sgemm (W^T x X, per output-channel chunk) then col2im.
+ * ConvTranspose is the same sgemm (W^T x X, per output-channel chunk, W^T
+ * packed at load) then col2im.
  */
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -385,6 +385,54 @@ static int transpose_dim(mk_ctx *ctx, const conv_attrs *a, int i, int rank, int6
     return MASKD_OK;
 }
 
+/* ---- ConvTranspose's sgemm ---------------------------------------------------
+ *
+ * Per group, col = W_g^T X: W_g ([cin_g][cout_g][taps]) transposed is the
+ * sgemm's packed A, (cout_g * taps) x cin_g, packed once at load like Conv's
+ * weights; its rows are (output channel, tap) pairs, so an item's channel
+ * chunk is a contiguous row range. */
+
+static void pack_transpose_weights(const float *w, int64_t group, int64_t cout_g, int64_t cin_g,
+                                   int64_t taps, float *out)
+{
+    const int64_t rows = cout_g * taps;
+    const size_t group_floats = mk_sgemm_packed_a_floats(rows, cin_g);
+    for (int64_t g = 0; g < group; g++)
+        mk_sgemm_pack_a_t(w + g * cin_g * rows, rows, rows, cin_g, out + (size_t)g * group_floats);
+}
+
+static int prepack_transpose_weights(mk_ctx *ctx, conv_state *st, const mk_tensor *w)
+{
+    const int64_t group = st->attrs.group;
+    if (!w || !w->data || w->dtype != MASKD_FLOAT || w->ndim < 3 || w->ndim > MAX_SPATIAL + 2 ||
+        w->dims[0] % group != 0)
+        return MASKD_OK;
+    const int64_t cin_g = w->dims[0] / group, cout_g = w->dims[1];
+    const int64_t taps = mk_dims_product(w->dims, 2, w->ndim);
+    const size_t floats = (size_t)group * mk_sgemm_packed_a_floats(cout_g * taps, cin_g);
+    if (floats == 0) return MASKD_OK;
+    if (!(st->packed_w = mk_aligned_alloc(floats * sizeof(float))))
+        return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    pack_transpose_weights(w->data, group, cout_g, cin_g, taps, st->packed_w);
+    st->packed_from = w->data;
+    st->packed_numel = mk_numel(w);
+    return MASKD_OK;
+}
+
+/* The packed weights and the sgemm's scratch of a ConvTranspose plan (its
+ * column buffers already sized). */
+static void plan_transpose_gemm(conv_plan *p, const conv_state *st, const mk_tensor *w)
+{
+    if (p->cin_g <= 0 || p->cout_g <= 0) return;
+    p->gemm_offset = p->slot_bytes;
+    p->slot_bytes += mk_align64(mk_sgemm_scratch_bytes(p->tile));
+    p->pack_weights = true;
+    p->a_group_floats = (int64_t)mk_sgemm_packed_a_floats(p->cout_g * p->taps, p->cin_g);
+    if (!st || !st->packed_w || !w->data || st->packed_from != w->data ||
+        st->packed_numel != mk_numel(w))
+        p->pack_bytes = mk_align64((size_t)(p->group * p->a_group_floats) * sizeof(float));
+}
+
 static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
 {
     const mk_node *node = ctx->node;
@@ -481,6 +529,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         if (p->tile > p->s_in) p->tile = p->s_in;
         p->n_tiles = p->tile > 0 ? mk_ceil_div(p->s_in, p->tile) : 0;
         if (p->cin_g > 0) p->slot_bytes = mk_align64((size_t)(rows * p->tile) * sizeof(float));
+        plan_transpose_gemm(p, node->state, w);
         return MASKD_OK;
     }
 
@@ -551,7 +600,7 @@ static void pack_weights(const float *w, int64_t group, int64_t cout_g, int64_t 
 
 typedef struct conv_job {
     const conv_plan *p;
-    const float *x, *w, *bias; /* w: packed for the sgemm unless depthwise or transpose */
+    const float *x, *w, *bias; /* w: packed for the sgemm unless depthwise */
     float *y;
     char *slots;
     size_t slot_stride;
@@ -785,7 +834,9 @@ static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot
 static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int slot)
 {
     const conv_plan *p = job->p;
-    float *col = (float *)(job->slots + (size_t)slot * job->slot_stride);
+    char *slot_mem = job->slots + (size_t)slot * job->slot_stride;
+    float *col = (float *)slot_mem;
+    void *gemm_scratch = slot_mem + p->gemm_offset;
     for (int64_t it = begin; it < end; it++) {
         const int64_t mc = it % p->n_mchunks;
         const int64_t rest = it / p->n_mchunks;
@@ -798,14 +849,12 @@ static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int
             fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
         if (p->cin_g > 0) {
             const float *x = job->x + (n * p->c_in + g * p->cin_g) * p->s_in;
-            /* W is [C][cout_g][taps]; this chunk's columns of group g's block. */
-            const float *w = job->w + g * p->cin_g * p->cout_g * p->taps + c0 * p->taps;
+            const mk_packed_a a = {job->w + g * p->a_group_floats, p->cout_g * p->taps, p->cin_g};
             for (int64_t t = 0; t < p->n_tiles; t++) {
                 const int64_t p0 = t * p->tile;
                 const int64_t p1 = p0 + p->tile < p->s_in ? p0 + p->tile : p->s_in;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(c_n * p->taps),
-                            (int)(p1 - p0), (int)p->cin_g, 1.0f, w, (int)(p->cout_g * p->taps),
-                            x + p0, (int)p->s_in, 0.0f, col, (int)(p1 - p0));
+                mk_sgemm_packed(&a, c0 * p->taps, c_n * p->taps, 0, p->cin_g, x + p0, p->s_in,
+                                p1 - p0, col, p1 - p0, false, NULL, gemm_scratch);
                 mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
             }
         }
@@ -895,7 +944,8 @@ static int run_common(mk_ctx *ctx, bool transpose)
     if (p.pack_weights) {
         const conv_state *st = ctx->node->state;
         if (p.pack_bytes) {
-            pack_weights(w->data, p.group, p.cout_g, p.cin_g, p.taps, (float *)scratch);
+            (p.algo == ALGO_TRANSPOSE ? pack_transpose_weights : pack_weights)(
+                w->data, p.group, p.cout_g, p.cin_g, p.taps, (float *)scratch);
             job.w = (const float *)scratch;
         } else {
             job.w = st->packed_w;
@@ -948,6 +998,10 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
             st->packed_from = w->data;
             st->packed_numel = mk_numel(w);
         }
+    }
+    if (transpose && (rc = prepack_transpose_weights(ctx, st, w))) {
+        free(st);
+        return rc;
     }
     ctx->node->state = st;
     return MASKD_OK;
