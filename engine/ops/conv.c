@@ -100,6 +100,10 @@ typedef struct conv_plan {
     int slots;
     size_t slot_bytes;             /* per thread: columns or row pointers, staging, sgemm B panels */
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
+    /* Small maps without im2col (see plan_padded): tiles are whole output rows. */
+    bool padded;
+    int64_t padded_w, padded_rows; /* of a tile's padded window, per channel */
+    size_t padded_ptrs_offset, padded_stage_offset, padded_gemm_offset; /* inside a slot */
 } conv_plan;
 
 
@@ -328,6 +332,55 @@ static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
     return true;
 }
 
+/*
+ * Small maps without im2col.  A detector's mask head runs 3x3 convs on 100
+ * ROIs of 14x14: im2col there wrote each tile's 9 shifted copies of the
+ * input and the sgemm packed them again, and those two passes cost as much
+ * as the product.  Instead a tile's window of the input is copied once, with
+ * its padding, into a buffer where every tap lands, and the product is
+ * computed on the padded width: output row r, column j of tap (kh, kw) reads
+ * buffer row r + kh, column j + kw, so over a whole tile each tap's B row is
+ * one contiguous run of the buffer (the sgemm takes them by pointer, one per
+ * tap and channel, in the packed weights' [tap][cin] K order).  The columns
+ * past the output's width are computed and dropped as the result is copied
+ * out: (kw - 1) / W more multiply-adds (a sixth at 14x14) for a B packed by
+ * plain copies; packing it as 14-wide segments cost twice im2col's pass.
+ * Taken for 2-D stride-1 convs whose padded input (all channels of a group)
+ * stays well inside L2.
+ */
+enum { PADDED_BUDGET_BYTES = 256 << 10 };
+
+static void plan_padded(conv_plan *p, int64_t outer)
+{
+    const mk_conv_geom *g = &p->geom;
+    if (g->iter[0] != 1 || g->kernel[0] != 1 || g->stride[1] != 1 || g->stride[2] != 1 ||
+        p->cin_g <= 0 || p->cout_g <= 0 || p->s_out <= 0 || outer <= 0)
+        return;
+    const int64_t out_h = g->iter[1], out_w = g->iter[2];
+    const int64_t pw = out_w + (g->kernel[2] - 1) * g->dilation[2];
+    const int64_t extra_rows = (g->kernel[1] - 1) * g->dilation[1];
+    if (p->cin_g * (out_h + extra_rows) * pw * (int64_t)sizeof(float) > PADDED_BUDGET_BYTES)
+        return;
+    /* Whole rows, as many tiles as split_work wants for the threads. */
+    split_work(p, p->s_out, 0, outer, p->cout_g);
+    const int64_t tile_rows = mk_ceil_div(p->tile, out_w);
+    p->tile = tile_rows * out_w;
+    p->n_tiles = mk_ceil_div(out_h, tile_rows);
+    p->padded = true;
+    p->padded_w = pw;
+    p->padded_rows = tile_rows + extra_rows;
+    /* The last tap's run reads past its channel's window into the next
+     * one's (dropped columns); one more row keeps the last channel's inside. */
+    const int64_t cols = tile_rows * pw;
+    size_t at = mk_align64((size_t)((p->cin_g * p->padded_rows + 1) * pw) * sizeof(float));
+    p->padded_ptrs_offset = at;
+    at += mk_align64((size_t)(p->taps * p->cin_g) * sizeof(const float *));
+    p->padded_stage_offset = at;
+    at += mk_align64((size_t)(p->m_chunk * cols) * sizeof(float));
+    p->padded_gemm_offset = at;
+    p->slot_bytes = at + mk_align64(mk_sgemm_scratch_bytes(cols));
+}
+
 static int bad_shape(mk_ctx *ctx, const char *what)
 {
     char xs[96], ws[96];
@@ -551,6 +604,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
             p->zoned = false;
             split_work(p, p->s_out, k_rows * (int64_t)sizeof(float), outer, p->cout_g);
             p->slot_bytes = mk_align64((size_t)(k_rows * p->tile) * sizeof(float));
+            plan_padded(p, outer);
         }
     }
     /* The sgemm's B panels follow the column (and staging) buffers. */
@@ -717,6 +771,55 @@ static void direct_zone_gemm(const conv_job *job, const tile_span *ts, const flo
     }
 }
 
+/* A tile of a padded plan (see plan_padded): its input window into the
+ * slot, zeros where the taps read padding, one sgemm over all taps on the
+ * padded width, then the output's columns out of the staging buffer. */
+static void padded_gemm(const conv_job *job, const tile_span *ts, const float *x,
+                        const gemm_target *gt, char *slot)
+{
+    const conv_plan *p = job->p;
+    const mk_conv_geom *g = &p->geom;
+    const int64_t out_w = g->iter[2], in_h = g->touch[1], in_w = g->touch[2];
+    const int64_t pw = p->padded_w, left = g->pad[2];
+    const int64_t r0 = ts->p0 / out_w, out_rows = mk_ceil_div(ts->p1, out_w) - r0;
+    const int64_t top = r0 - g->pad[1];
+    const int64_t rows = out_rows + (g->kernel[1] - 1) * g->dilation[1];
+    /* Input columns [c_lo, c_hi) land in the window, at column c + left. */
+    const int64_t c_lo = left < 0 ? -left : 0;
+    const int64_t c_hi = in_w < pw - left ? in_w : pw - left;
+    float *buf = (float *)slot;
+    for (int64_t c = 0; c < p->cin_g; c++)
+        for (int64_t r = 0; r < rows; r++) {
+            float *dst = buf + (c * rows + r) * pw;
+            const int64_t ir = top + r;
+            if (ir < 0 || ir >= in_h || c_lo >= c_hi) {
+                for (int64_t i = 0; i < pw; i++) dst[i] = 0.0f;
+                continue;
+            }
+            const float *src = x + c * p->s_in + ir * in_w;
+            for (int64_t i = 0; i < c_lo + left; i++) dst[i] = 0.0f;
+            for (int64_t i = c_lo; i < c_hi; i++) dst[i + left] = src[i];
+            for (int64_t i = c_hi + left; i < pw; i++) dst[i] = 0.0f;
+        }
+    for (int64_t i = 0; i < pw; i++) buf[p->cin_g * rows * pw + i] = 0.0f;
+    const float **ptrs = (const float **)(slot + p->padded_ptrs_offset);
+    const int64_t kh_n = g->kernel[1], kw_n = g->kernel[2];
+    for (int64_t kh = 0; kh < kh_n; kh++)
+        for (int64_t kw = 0; kw < kw_n; kw++)
+            for (int64_t c = 0; c < p->cin_g; c++)
+                ptrs[(kh * kw_n + kw) * p->cin_g + c] =
+                    buf + (c * rows + kh * g->dilation[1]) * pw + kw * g->dilation[2];
+    const int64_t cols = out_rows * pw;
+    float *stage = (float *)(slot + p->padded_stage_offset);
+    const mk_sgemm_b b = {.rows = ptrs};
+    mk_sgemm_packed_b(&gt->a, gt->m0, gt->m_n, 0, p->taps * p->cin_g, &b, cols, stage, cols,
+                      false, gt->ep, slot + p->padded_gemm_offset);
+    for (int64_t m = 0; m < gt->m_n; m++)
+        for (int64_t r = 0; r < out_rows; r++)
+            memcpy(gt->out + m * gt->ld_out + r * out_w, stage + m * cols + r * pw,
+                   (size_t)out_w * sizeof(float));
+}
+
 /* im2col then one sgemm per run of consecutive live taps, into out (or the
  * direct path for zone tiles that have one). */
 static void im2col_gemm(const conv_job *job, const tile_span *ts, const float *x,
@@ -816,6 +919,8 @@ static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot
         else if (p->algo == ALGO_POINTWISE)
             mk_sgemm_packed(&gt.a, m0, m_n, 0, p->cin_g, x + ts.p0, p->s_in, cols, out, ld_out,
                             false, &ep, gemm_scratch);
+        else if (p->padded)
+            padded_gemm(job, &ts, x, &gt, slot_mem);
         else
             im2col_gemm(job, &ts, x, &gt, col, cols);
         if (job->act_after)
