@@ -104,6 +104,8 @@ typedef struct conv_plan {
     bool padded;
     int64_t padded_w, padded_rows; /* of a tile's padded window, per channel */
     size_t padded_ptrs_offset, padded_stage_offset, padded_gemm_offset; /* inside a slot */
+    bool scatter;                  /* ConvTranspose whose taps tile the output */
+    size_t row_bias_offset;        /* its sgemm's bias per (channel, tap) row, in a slot */
 } conv_plan;
 
 
@@ -477,8 +479,15 @@ static int prepack_transpose_weights(mk_ctx *ctx, conv_state *st, const mk_tenso
 static void plan_transpose_gemm(conv_plan *p, const conv_state *st, const mk_tensor *w)
 {
     if (p->cin_g <= 0 || p->cout_g <= 0) return;
+    const mk_conv_geom *g = &p->geom;
+    p->scatter = g->iter[0] == 1 && g->kernel[0] == 1;
+    for (int d = 1; d < MK_CONV_DIMS; d++)
+        p->scatter = p->scatter && g->kernel[d] == g->stride[d] && g->dilation[d] == 1 &&
+                     g->pad[d] == 0 && g->touch[d] == g->iter[d] * g->stride[d];
     p->gemm_offset = p->slot_bytes;
     p->slot_bytes += mk_align64(mk_sgemm_scratch_bytes(p->tile));
+    p->row_bias_offset = p->slot_bytes;
+    if (p->scatter) p->slot_bytes += mk_align64((size_t)(p->m_chunk * p->taps) * sizeof(float));
     p->pack_weights = true;
     p->a_group_floats = (int64_t)mk_sgemm_packed_a_floats(p->cout_g * p->taps, p->cin_g);
     if (!st || !st->packed_w || !w->data || st->packed_from != w->data ||
@@ -936,12 +945,46 @@ static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot
     }
 }
 
+/* col2im of a plan whose taps tile the output (kernel == stride, no
+ * dilation or padding: the mask head's 2x2 stride-2 upsampling): every
+ * output element is one col value, already biased and clamped by the
+ * sgemm's store, so it is copied, not added onto a map filled beforehand. */
+static void scatter_taps(const conv_plan *p, const float *col, int64_t c_n, int64_t p0,
+                         int64_t p1, float *y)
+{
+    const mk_conv_geom *g = &p->geom;
+    const int64_t in_w = g->iter[2], out_w = g->touch[2];
+    const int64_t kh_n = g->kernel[1], kw_n = g->kernel[2], n = p1 - p0;
+    for (int64_t c = 0; c < c_n; c++)
+        for (int64_t kh = 0; kh < kh_n; kh++) {
+            /* The kw taps' rows of col, interleaved into contiguous output rows. */
+            const float *src = col + (c * p->taps + kh * kw_n) * n - p0;
+            for (int64_t pos = p0; pos < p1;) {
+                const int64_t ih = pos / in_w, iw0 = pos % in_w;
+                const int64_t iw1 = in_w < iw0 + p1 - pos ? in_w : iw0 + p1 - pos;
+                float *restrict out = y + c * p->s_out + (ih * kh_n + kh) * out_w;
+                const float *restrict in = src + ih * in_w;
+                if (kw_n == 2)
+                    for (int64_t iw = iw0; iw < iw1; iw++) {
+                        out[2 * iw] = in[iw];
+                        out[2 * iw + 1] = in[n + iw];
+                    }
+                else
+                    for (int64_t iw = iw0; iw < iw1; iw++)
+                        for (int64_t kw = 0; kw < kw_n; kw++)
+                            out[iw * kw_n + kw] = in[kw * n + iw];
+                pos += iw1 - iw0;
+            }
+        }
+}
+
 static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int slot)
 {
     const conv_plan *p = job->p;
     char *slot_mem = job->slots + (size_t)slot * job->slot_stride;
     float *col = (float *)slot_mem;
     void *gemm_scratch = slot_mem + p->gemm_offset;
+    float *row_bias = (float *)(slot_mem + p->row_bias_offset);
     for (int64_t it = begin; it < end; it++) {
         const int64_t mc = it % p->n_mchunks;
         const int64_t rest = it / p->n_mchunks;
@@ -950,8 +993,18 @@ static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int
         const int64_t c_n = c0 + p->m_chunk < p->cout_g ? p->m_chunk : p->cout_g - c0;
         const int64_t oc0 = g * p->cout_g + c0;
         float *y = job->y + (n * p->c_out + oc0) * p->s_out;
-        for (int64_t c = 0; c < c_n; c++)
-            fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
+        const bool scatter = p->scatter && p->cin_g > 0;
+        /* Scattered, col rows are final: the sgemm adds the bias (one per
+         * (channel, tap) row) and Relu / Clip as it stores them. */
+        mk_sgemm_epilogue ep = job->ep;
+        if (scatter) {
+            for (int64_t r = 0; r < c_n * p->taps; r++)
+                row_bias[r] = job->bias ? job->bias[oc0 + r / p->taps] : 0.0f;
+            ep.bias = row_bias;
+        }
+        if (!scatter)
+            for (int64_t c = 0; c < c_n; c++)
+                fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
         if (p->cin_g > 0) {
             const float *x = job->x + (n * p->c_in + g * p->cin_g) * p->s_in;
             const mk_packed_a a = {job->w + g * p->a_group_floats, p->cout_g * p->taps, p->cin_g};
@@ -959,11 +1012,14 @@ static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int
                 const int64_t p0 = t * p->tile;
                 const int64_t p1 = p0 + p->tile < p->s_in ? p0 + p->tile : p->s_in;
                 mk_sgemm_packed(&a, c0 * p->taps, c_n * p->taps, 0, p->cin_g, x + p0, p->s_in,
-                                p1 - p0, col, p1 - p0, false, NULL, gemm_scratch);
-                mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
+                                p1 - p0, col, p1 - p0, false, scatter ? &ep : NULL, gemm_scratch);
+                if (scatter)
+                    scatter_taps(p, col, c_n, p0, p1, y);
+                else
+                    mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
             }
         }
-        if (job->act != MK_ACT_NONE)
+        if (job->act != MK_ACT_NONE && (!scatter || job->act_after))
             mk_apply_act(y, c_n * p->s_out, job->act, job->act_alpha, job->act_beta);
     }
 }

@@ -657,6 +657,40 @@ static void fixed_conv_cases(mk_pool *pool)
     for (int i = 0; i < 4; i++) cc.pads[i] = 1;
     cc.has_pads = true, cc.bias = true, cc.act = MK_ACT_RELU;
     run_conv_case(&cc, pool);
+    /* A mask head: 3x3 convs on 14x14 ROIs (no im2col: the padded window),
+     * then a 2x2 stride-2 ConvTranspose whose taps tile the output (stored,
+     * not added), with Relu in the store or Leaky Relu after it. */
+    for (int leaky = 0; leaky < 2; leaky++) {
+        memset(&cc, 0, sizeof cc);
+        cc.rank = 2, cc.n = 3, cc.c = 64, cc.m = 32, cc.group = 1;
+        cc.in[0] = cc.in[1] = 14, cc.k[0] = cc.k[1] = 3;
+        cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
+        for (int i = 0; i < 4; i++) cc.pads[i] = 1;
+        cc.has_pads = true, cc.bias = true, cc.w_const = !leaky;
+        cc.act = leaky ? MK_ACT_LEAKY_RELU : MK_ACT_RELU;
+        run_conv_case(&cc, pool);
+        cc.transpose = true;
+        cc.c = 32;
+        cc.k[0] = cc.k[1] = cc.s[0] = cc.s[1] = 2;
+        for (int i = 0; i < 4; i++) cc.pads[i] = 0;
+        run_conv_case(&cc, pool);
+    }
+    /* Taps that tile the output, input tiles ending mid-row. */
+    memset(&cc, 0, sizeof cc);
+    cc.transpose = true;
+    cc.rank = 2, cc.n = 1, cc.c = 4, cc.m = 64, cc.group = 1;
+    cc.in[0] = 37, cc.in[1] = 41, cc.k[0] = cc.k[1] = cc.s[0] = cc.s[1] = 3;
+    cc.d[0] = cc.d[1] = 1;
+    cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
+    /* Padded windows with dilation and uneven pads, tiles of a few rows. */
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 1, cc.c = 3, cc.m = 5, cc.group = 1;
+    cc.in[0] = 23, cc.in[1] = 9, cc.k[0] = 3, cc.k[1] = 2;
+    cc.s[0] = cc.s[1] = 1, cc.d[0] = 2, cc.d[1] = 3;
+    cc.pads[0] = 0, cc.pads[1] = 4, cc.pads[2] = 3, cc.pads[3] = 1;
+    cc.has_pads = true, cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
 }
 
 /* ---- Gemm / MatMul ------------------------------------------------------- */
