@@ -147,6 +147,9 @@ size_t mk_sgemm_packed_a_floats(int64_t m, int64_t k);
  * taps = 1 packs a plain matrix.  k must be a multiple of taps. */
 void mk_sgemm_pack_a(const float *a, int64_t lda, int64_t m, int64_t k, int64_t taps,
                      float *packed);
+/* The same for an A given as its transpose: at is k x m, row stride ldat
+ * (ConvTranspose's weights, a Gemm's B without transB).  No tap reordering. */
+void mk_sgemm_pack_a_t(const float *at, int64_t ldat, int64_t m, int64_t k, float *packed);
 /* Scratch mk_sgemm_packed needs for n columns (any K), no alignment needed. */
 size_t mk_sgemm_scratch_bytes(int64_t n);
 /* The product above; ep NULL for none.  c must not overlap B or scratch. */

@@ -102,6 +102,23 @@ void mk_sgemm_pack_a(const float *a, int64_t lda, int64_t m, int64_t k, int64_t 
     }
 }
 
+void mk_sgemm_pack_a_t(const float *at, int64_t ldat, int64_t m, int64_t k, float *packed)
+{
+    if (m <= 0 || k <= 0) return;
+    for (int64_t p0 = 0; p0 < m; p0 += MR) {
+        float *panel = packed + p0 * k;
+        const int64_t rows = min64(m - p0, MR);
+        for (int64_t kk = 0; kk < k; kk++) {
+            /* A panel's k-th MR values are adjacent in row kk of at. */
+            const float *src = at + kk * ldat + p0;
+            float *dst = panel + kk * MR;
+            int64_t r = 0;
+            for (; r < rows; r++) dst[r] = src[r];
+            for (; r < MR; r++) dst[r] = 0.0f;
+        }
+    }
+}
+
 /* Scratch: one block of B panels. */
 size_t mk_sgemm_scratch_bytes(int64_t n)
 {

@@ -1,10 +1,14 @@
 /*
  * Conv and ConvTranspose, float32, 1-D to 3-D spatial.
  *
- * Conv picks one of three algorithms per node and shape:
+ * Conv picks one of these algorithms per node and shape:
  *   depthwise  one input channel per group: a direct kernel (kernels/depthwise.c)
  *   pointwise  1x1, stride 1, no padding: sgemm straight on the input
- *   im2col     everything else: column tiles of the output, sgemm per tile
+ *   winograd   3x3 stride 1, one group, dilation up to 4, where it saves enough
+ *              multiply-adds over im2col (kernels/winograd.c, see winograd_pays)
+ *   im2col     everything else: column tiles of the output, sgemm per tile;
+ *              2-D stride-1 convs on small maps read a padded copy of the
+ *              input window instead of im2col columns (see plan_padded)
  * Work items are (batch, group, output tile, output-channel chunk) spread over
  * the pool; every sgemm is single-threaded.  The sgemm is kernels/sgemm.c's,
  * with the weights packed once at load into its panel layout (at run time,
@@ -24,9 +28,9 @@
  * contiguous in the output.  Taps that land for part of a tile still multiply
  * zeros for the rest; 3-D convs are zoned only when their depth is trivial.
  *
- * ConvTranspose is sgemm (W^T x X, per output-channel chunk) then col2im.
+ * ConvTranspose is the same sgemm (W^T x X, per output-channel chunk, W^T
+ * packed at load) then col2im.
  */
-#include <cblas.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +122,12 @@ typedef struct conv_plan {
     size_t slot_bytes;             /* per thread: columns or row pointers, staging, sgemm B panels */
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
     mk_winograd_geom wino;         /* Winograd: tile = tiles per block, n_tiles = blocks */
+    /* Small maps without im2col (see plan_padded): tiles are whole output rows. */
+    bool padded;
+    int64_t padded_w, padded_rows; /* of a tile's padded window, per channel */
+    size_t padded_ptrs_offset, padded_stage_offset, padded_gemm_offset; /* inside a slot */
+    bool scatter;                  /* ConvTranspose whose taps tile the output */
+    size_t row_bias_offset;        /* its sgemm's bias per (channel, tap) row, in a slot */
 } conv_plan;
 
 
@@ -346,6 +356,55 @@ static bool plan_zones(conv_plan *p, int64_t k_rows, int64_t outer)
     return true;
 }
 
+/*
+ * Small maps without im2col.  A detector's mask head runs 3x3 convs on 100
+ * ROIs of 14x14: im2col there wrote each tile's 9 shifted copies of the
+ * input and the sgemm packed them again, and those two passes cost as much
+ * as the product.  Instead a tile's window of the input is copied once, with
+ * its padding, into a buffer where every tap lands, and the product is
+ * computed on the padded width: output row r, column j of tap (kh, kw) reads
+ * buffer row r + kh, column j + kw, so over a whole tile each tap's B row is
+ * one contiguous run of the buffer (the sgemm takes them by pointer, one per
+ * tap and channel, in the packed weights' [tap][cin] K order).  The columns
+ * past the output's width are computed and dropped as the result is copied
+ * out: (kw - 1) / W more multiply-adds (a sixth at 14x14) for a B packed by
+ * plain copies; packing it as 14-wide segments cost twice im2col's pass.
+ * Taken for 2-D stride-1 convs whose padded input (all channels of a group)
+ * stays well inside L2.
+ */
+enum { PADDED_BUDGET_BYTES = 256 << 10 };
+
+static void plan_padded(conv_plan *p, int64_t outer)
+{
+    const mk_conv_geom *g = &p->geom;
+    if (g->iter[0] != 1 || g->kernel[0] != 1 || g->stride[1] != 1 || g->stride[2] != 1 ||
+        p->cin_g <= 0 || p->cout_g <= 0 || p->s_out <= 0 || outer <= 0)
+        return;
+    const int64_t out_h = g->iter[1], out_w = g->iter[2];
+    const int64_t pw = out_w + (g->kernel[2] - 1) * g->dilation[2];
+    const int64_t extra_rows = (g->kernel[1] - 1) * g->dilation[1];
+    if (p->cin_g * (out_h + extra_rows) * pw * (int64_t)sizeof(float) > PADDED_BUDGET_BYTES)
+        return;
+    /* Whole rows, as many tiles as split_work wants for the threads. */
+    split_work(p, p->s_out, 0, outer, p->cout_g);
+    const int64_t tile_rows = mk_ceil_div(p->tile, out_w);
+    p->tile = tile_rows * out_w;
+    p->n_tiles = mk_ceil_div(out_h, tile_rows);
+    p->padded = true;
+    p->padded_w = pw;
+    p->padded_rows = tile_rows + extra_rows;
+    /* The last tap's run reads past its channel's window into the next
+     * one's (dropped columns); one more row keeps the last channel's inside. */
+    const int64_t cols = tile_rows * pw;
+    size_t at = mk_align64((size_t)((p->cin_g * p->padded_rows + 1) * pw) * sizeof(float));
+    p->padded_ptrs_offset = at;
+    at += mk_align64((size_t)(p->taps * p->cin_g) * sizeof(const float *));
+    p->padded_stage_offset = at;
+    at += mk_align64((size_t)(p->m_chunk * cols) * sizeof(float));
+    p->padded_gemm_offset = at;
+    p->slot_bytes = at + mk_align64(mk_sgemm_scratch_bytes(cols));
+}
+
 static int bad_shape(mk_ctx *ctx, const char *what)
 {
     char xs[96], ws[96];
@@ -497,6 +556,61 @@ static void plan_winograd(conv_plan *p)
     p->slot_bytes = mk_align64(mk_winograd_block_bytes(p->cin_g, p->m_chunk, block));
 }
 
+/* ---- ConvTranspose's sgemm ---------------------------------------------------
+ *
+ * Per group, col = W_g^T X: W_g ([cin_g][cout_g][taps]) transposed is the
+ * sgemm's packed A, (cout_g * taps) x cin_g, packed once at load like Conv's
+ * weights; its rows are (output channel, tap) pairs, so an item's channel
+ * chunk is a contiguous row range. */
+
+static void pack_transpose_weights(const float *w, int64_t group, int64_t cout_g, int64_t cin_g,
+                                   int64_t taps, float *out)
+{
+    const int64_t rows = cout_g * taps;
+    const size_t group_floats = mk_sgemm_packed_a_floats(rows, cin_g);
+    for (int64_t g = 0; g < group; g++)
+        mk_sgemm_pack_a_t(w + g * cin_g * rows, rows, rows, cin_g, out + (size_t)g * group_floats);
+}
+
+static int prepack_transpose_weights(mk_ctx *ctx, conv_state *st, const mk_tensor *w)
+{
+    const int64_t group = st->attrs.group;
+    if (!w || !w->data || w->dtype != MASKD_FLOAT || w->ndim < 3 || w->ndim > MAX_SPATIAL + 2 ||
+        w->dims[0] % group != 0)
+        return MASKD_OK;
+    const int64_t cin_g = w->dims[0] / group, cout_g = w->dims[1];
+    const int64_t taps = mk_dims_product(w->dims, 2, w->ndim);
+    const size_t floats = (size_t)group * mk_sgemm_packed_a_floats(cout_g * taps, cin_g);
+    if (floats == 0) return MASKD_OK;
+    if (!(st->packed_w = mk_aligned_alloc(floats * sizeof(float))))
+        return mk_op_fail(ctx, MASKD_ERR_NOMEM, "out of memory");
+    pack_transpose_weights(w->data, group, cout_g, cin_g, taps, st->packed_w);
+    st->packed_from = w->data;
+    st->packed_numel = mk_numel(w);
+    return MASKD_OK;
+}
+
+/* The packed weights and the sgemm's scratch of a ConvTranspose plan (its
+ * column buffers already sized). */
+static void plan_transpose_gemm(conv_plan *p, const conv_state *st, const mk_tensor *w)
+{
+    if (p->cin_g <= 0 || p->cout_g <= 0) return;
+    const mk_conv_geom *g = &p->geom;
+    p->scatter = g->iter[0] == 1 && g->kernel[0] == 1;
+    for (int d = 1; d < MK_CONV_DIMS; d++)
+        p->scatter = p->scatter && g->kernel[d] == g->stride[d] && g->dilation[d] == 1 &&
+                     g->pad[d] == 0 && g->touch[d] == g->iter[d] * g->stride[d];
+    p->gemm_offset = p->slot_bytes;
+    p->slot_bytes += mk_align64(mk_sgemm_scratch_bytes(p->tile));
+    p->row_bias_offset = p->slot_bytes;
+    if (p->scatter) p->slot_bytes += mk_align64((size_t)(p->m_chunk * p->taps) * sizeof(float));
+    p->pack_weights = true;
+    p->a_group_floats = (int64_t)mk_sgemm_packed_a_floats(p->cout_g * p->taps, p->cin_g);
+    if (!st || !st->packed_w || !w->data || st->packed_from != w->data ||
+        st->packed_numel != mk_numel(w))
+        p->pack_bytes = mk_align64((size_t)(p->group * p->a_group_floats) * sizeof(float));
+}
+
 static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
 {
     const mk_node *node = ctx->node;
@@ -593,6 +707,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         if (p->tile > p->s_in) p->tile = p->s_in;
         p->n_tiles = p->tile > 0 ? mk_ceil_div(p->s_in, p->tile) : 0;
         if (p->cin_g > 0) p->slot_bytes = mk_align64((size_t)(rows * p->tile) * sizeof(float));
+        plan_transpose_gemm(p, node->state, w);
         return MASKD_OK;
     }
 
@@ -618,6 +733,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
             p->zoned = false;
             split_work(p, p->s_out, k_rows * (int64_t)sizeof(float), outer, p->cout_g);
             p->slot_bytes = mk_align64((size_t)(k_rows * p->tile) * sizeof(float));
+            plan_padded(p, outer);
         }
     }
     /* The sgemm's B panels follow the column (and staging) buffers. */
@@ -667,7 +783,7 @@ static void pack_weights(const float *w, int64_t group, int64_t cout_g, int64_t 
 
 typedef struct conv_job {
     const conv_plan *p;
-    const float *x, *w, *bias; /* w: packed for the sgemm unless depthwise or transpose */
+    const float *x, *w, *bias; /* w: packed for the sgemm unless depthwise */
     float *y;
     char *slots;
     size_t slot_stride;
@@ -784,6 +900,55 @@ static void direct_zone_gemm(const conv_job *job, const tile_span *ts, const flo
     }
 }
 
+/* A tile of a padded plan (see plan_padded): its input window into the
+ * slot, zeros where the taps read padding, one sgemm over all taps on the
+ * padded width, then the output's columns out of the staging buffer. */
+static void padded_gemm(const conv_job *job, const tile_span *ts, const float *x,
+                        const gemm_target *gt, char *slot)
+{
+    const conv_plan *p = job->p;
+    const mk_conv_geom *g = &p->geom;
+    const int64_t out_w = g->iter[2], in_h = g->touch[1], in_w = g->touch[2];
+    const int64_t pw = p->padded_w, left = g->pad[2];
+    const int64_t r0 = ts->p0 / out_w, out_rows = mk_ceil_div(ts->p1, out_w) - r0;
+    const int64_t top = r0 - g->pad[1];
+    const int64_t rows = out_rows + (g->kernel[1] - 1) * g->dilation[1];
+    /* Input columns [c_lo, c_hi) land in the window, at column c + left. */
+    const int64_t c_lo = left < 0 ? -left : 0;
+    const int64_t c_hi = in_w < pw - left ? in_w : pw - left;
+    float *buf = (float *)slot;
+    for (int64_t c = 0; c < p->cin_g; c++)
+        for (int64_t r = 0; r < rows; r++) {
+            float *dst = buf + (c * rows + r) * pw;
+            const int64_t ir = top + r;
+            if (ir < 0 || ir >= in_h || c_lo >= c_hi) {
+                for (int64_t i = 0; i < pw; i++) dst[i] = 0.0f;
+                continue;
+            }
+            const float *src = x + c * p->s_in + ir * in_w;
+            for (int64_t i = 0; i < c_lo + left; i++) dst[i] = 0.0f;
+            for (int64_t i = c_lo; i < c_hi; i++) dst[i + left] = src[i];
+            for (int64_t i = c_hi + left; i < pw; i++) dst[i] = 0.0f;
+        }
+    for (int64_t i = 0; i < pw; i++) buf[p->cin_g * rows * pw + i] = 0.0f;
+    const float **ptrs = (const float **)(slot + p->padded_ptrs_offset);
+    const int64_t kh_n = g->kernel[1], kw_n = g->kernel[2];
+    for (int64_t kh = 0; kh < kh_n; kh++)
+        for (int64_t kw = 0; kw < kw_n; kw++)
+            for (int64_t c = 0; c < p->cin_g; c++)
+                ptrs[(kh * kw_n + kw) * p->cin_g + c] =
+                    buf + (c * rows + kh * g->dilation[1]) * pw + kw * g->dilation[2];
+    const int64_t cols = out_rows * pw;
+    float *stage = (float *)(slot + p->padded_stage_offset);
+    const mk_sgemm_b b = {.rows = ptrs};
+    mk_sgemm_packed_b(&gt->a, gt->m0, gt->m_n, 0, p->taps * p->cin_g, &b, cols, stage, cols,
+                      false, gt->ep, slot + p->padded_gemm_offset);
+    for (int64_t m = 0; m < gt->m_n; m++)
+        for (int64_t r = 0; r < out_rows; r++)
+            memcpy(gt->out + m * gt->ld_out + r * out_w, stage + m * cols + r * pw,
+                   (size_t)out_w * sizeof(float));
+}
+
 /* im2col then one sgemm per run of consecutive live taps, into out (or the
  * direct path for zone tiles that have one). */
 static void im2col_gemm(const conv_job *job, const tile_span *ts, const float *x,
@@ -883,6 +1048,8 @@ static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot
         else if (p->algo == ALGO_POINTWISE)
             mk_sgemm_packed(&gt.a, m0, m_n, 0, p->cin_g, x + ts.p0, p->s_in, cols, out, ld_out,
                             false, &ep, gemm_scratch);
+        else if (p->padded)
+            padded_gemm(job, &ts, x, &gt, slot_mem);
         else
             im2col_gemm(job, &ts, x, &gt, col, cols);
         if (job->act_after)
@@ -898,10 +1065,46 @@ static void gemm_items(const conv_job *job, int64_t begin, int64_t end, int slot
     }
 }
 
+/* col2im of a plan whose taps tile the output (kernel == stride, no
+ * dilation or padding: the mask head's 2x2 stride-2 upsampling): every
+ * output element is one col value, already biased and clamped by the
+ * sgemm's store, so it is copied, not added onto a map filled beforehand. */
+static void scatter_taps(const conv_plan *p, const float *col, int64_t c_n, int64_t p0,
+                         int64_t p1, float *y)
+{
+    const mk_conv_geom *g = &p->geom;
+    const int64_t in_w = g->iter[2], out_w = g->touch[2];
+    const int64_t kh_n = g->kernel[1], kw_n = g->kernel[2], n = p1 - p0;
+    for (int64_t c = 0; c < c_n; c++)
+        for (int64_t kh = 0; kh < kh_n; kh++) {
+            /* The kw taps' rows of col, interleaved into contiguous output rows. */
+            const float *src = col + (c * p->taps + kh * kw_n) * n - p0;
+            for (int64_t pos = p0; pos < p1;) {
+                const int64_t ih = pos / in_w, iw0 = pos % in_w;
+                const int64_t iw1 = in_w < iw0 + p1 - pos ? in_w : iw0 + p1 - pos;
+                float *restrict out = y + c * p->s_out + (ih * kh_n + kh) * out_w;
+                const float *restrict in = src + ih * in_w;
+                if (kw_n == 2)
+                    for (int64_t iw = iw0; iw < iw1; iw++) {
+                        out[2 * iw] = in[iw];
+                        out[2 * iw + 1] = in[n + iw];
+                    }
+                else
+                    for (int64_t iw = iw0; iw < iw1; iw++)
+                        for (int64_t kw = 0; kw < kw_n; kw++)
+                            out[iw * kw_n + kw] = in[kw * n + iw];
+                pos += iw1 - iw0;
+            }
+        }
+}
+
 static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int slot)
 {
     const conv_plan *p = job->p;
-    float *col = (float *)(job->slots + (size_t)slot * job->slot_stride);
+    char *slot_mem = job->slots + (size_t)slot * job->slot_stride;
+    float *col = (float *)slot_mem;
+    void *gemm_scratch = slot_mem + p->gemm_offset;
+    float *row_bias = (float *)(slot_mem + p->row_bias_offset);
     for (int64_t it = begin; it < end; it++) {
         const int64_t mc = it % p->n_mchunks;
         const int64_t rest = it / p->n_mchunks;
@@ -910,22 +1113,33 @@ static void transpose_items(const conv_job *job, int64_t begin, int64_t end, int
         const int64_t c_n = c0 + p->m_chunk < p->cout_g ? p->m_chunk : p->cout_g - c0;
         const int64_t oc0 = g * p->cout_g + c0;
         float *y = job->y + (n * p->c_out + oc0) * p->s_out;
-        for (int64_t c = 0; c < c_n; c++)
-            fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
+        const bool scatter = p->scatter && p->cin_g > 0;
+        /* Scattered, col rows are final: the sgemm adds the bias (one per
+         * (channel, tap) row) and Relu / Clip as it stores them. */
+        mk_sgemm_epilogue ep = job->ep;
+        if (scatter) {
+            for (int64_t r = 0; r < c_n * p->taps; r++)
+                row_bias[r] = job->bias ? job->bias[oc0 + r / p->taps] : 0.0f;
+            ep.bias = row_bias;
+        }
+        if (!scatter)
+            for (int64_t c = 0; c < c_n; c++)
+                fill_rows(y + c * p->s_out, 1, p->s_out, 0, job->bias ? job->bias[oc0 + c] : 0.0f);
         if (p->cin_g > 0) {
             const float *x = job->x + (n * p->c_in + g * p->cin_g) * p->s_in;
-            /* W is [C][cout_g][taps]; this chunk's columns of group g's block. */
-            const float *w = job->w + g * p->cin_g * p->cout_g * p->taps + c0 * p->taps;
+            const mk_packed_a a = {job->w + g * p->a_group_floats, p->cout_g * p->taps, p->cin_g};
             for (int64_t t = 0; t < p->n_tiles; t++) {
                 const int64_t p0 = t * p->tile;
                 const int64_t p1 = p0 + p->tile < p->s_in ? p0 + p->tile : p->s_in;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(c_n * p->taps),
-                            (int)(p1 - p0), (int)p->cin_g, 1.0f, w, (int)(p->cout_g * p->taps),
-                            x + p0, (int)p->s_in, 0.0f, col, (int)(p1 - p0));
-                mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
+                mk_sgemm_packed(&a, c0 * p->taps, c_n * p->taps, 0, p->cin_g, x + p0, p->s_in,
+                                p1 - p0, col, p1 - p0, false, scatter ? &ep : NULL, gemm_scratch);
+                if (scatter)
+                    scatter_taps(p, col, c_n, p0, p1, y);
+                else
+                    mk_col2im_tile_add(col, c_n, &p->geom, p0, p1, y);
             }
         }
-        if (job->act != MK_ACT_NONE)
+        if (job->act != MK_ACT_NONE && (!scatter || job->act_after))
             mk_apply_act(y, c_n * p->s_out, job->act, job->act_alpha, job->act_beta);
     }
 }
@@ -1084,7 +1298,8 @@ static int run_common(mk_ctx *ctx, bool transpose)
     if (p.pack_weights) {
         const conv_state *st = ctx->node->state;
         if (p.pack_bytes) {
-            pack_weights(w->data, p.group, p.cout_g, p.cin_g, p.taps, (float *)scratch);
+            (p.algo == ALGO_TRANSPOSE ? pack_transpose_weights : pack_weights)(
+                w->data, p.group, p.cout_g, p.cin_g, p.taps, (float *)scratch);
             job.w = (const float *)scratch;
         } else {
             job.w = packed_weights(&st->packed_w);
@@ -1146,6 +1361,11 @@ static int prepare_common(mk_ctx *ctx, bool transpose)
             st->packed_from = w->data;
             st->packed_numel = mk_numel(w);
         }
+    }
+    if (transpose && (rc = prepack_transpose_weights(ctx, st, w))) {
+        pthread_mutex_destroy(&st->lazy_lock);
+        free(st);
+        return rc;
     }
     ctx->node->state = st;
     return MASKD_OK;

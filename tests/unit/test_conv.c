@@ -683,16 +683,54 @@ static void fixed_conv_cases(mk_pool *pool)
     for (int i = 0; i < 4; i++) cc.pads[i] = 1;
     cc.has_pads = true, cc.bias = true, cc.act = MK_ACT_RELU;
     run_conv_case(&cc, pool);
+    /* A mask head: 3x3 convs on 14x14 ROIs (no im2col: the padded window),
+     * then a 2x2 stride-2 ConvTranspose whose taps tile the output (stored,
+     * not added), with Relu in the store or Leaky Relu after it. */
+    for (int leaky = 0; leaky < 2; leaky++) {
+        memset(&cc, 0, sizeof cc);
+        cc.rank = 2, cc.n = 3, cc.c = 64, cc.m = 32, cc.group = 1;
+        cc.in[0] = cc.in[1] = 14, cc.k[0] = cc.k[1] = 3;
+        cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
+        for (int i = 0; i < 4; i++) cc.pads[i] = 1;
+        cc.has_pads = true, cc.bias = true, cc.w_const = !leaky;
+        cc.act = leaky ? MK_ACT_LEAKY_RELU : MK_ACT_RELU;
+        run_conv_case(&cc, pool);
+        cc.transpose = true;
+        cc.c = 32;
+        cc.k[0] = cc.k[1] = cc.s[0] = cc.s[1] = 2;
+        for (int i = 0; i < 4; i++) cc.pads[i] = 0;
+        run_conv_case(&cc, pool);
+    }
+    /* Taps that tile the output, input tiles ending mid-row. */
+    memset(&cc, 0, sizeof cc);
+    cc.transpose = true;
+    cc.rank = 2, cc.n = 1, cc.c = 4, cc.m = 64, cc.group = 1;
+    cc.in[0] = 37, cc.in[1] = 41, cc.k[0] = cc.k[1] = cc.s[0] = cc.s[1] = 3;
+    cc.d[0] = cc.d[1] = 1;
+    cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
+    /* Padded windows with dilation and uneven pads, tiles of a few rows. */
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 1, cc.c = 3, cc.m = 5, cc.group = 1;
+    cc.in[0] = 23, cc.in[1] = 9, cc.k[0] = 3, cc.k[1] = 2;
+    cc.s[0] = cc.s[1] = 1, cc.d[0] = 2, cc.d[1] = 3;
+    cc.pads[0] = 0, cc.pads[1] = 4, cc.pads[2] = 3, cc.pads[3] = 1;
+    cc.has_pads = true, cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
 }
 
 /* ---- Gemm / MatMul ------------------------------------------------------- */
 
+/* B as an initializer (packed at load) when b_const, else as a graph input;
+ * act is fused as the graph pass would (Relu: in the sgemm's store, Leaky
+ * Relu: after it). */
 static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool ta, bool tb,
-                          int c_kind, float alpha, float beta)
+                          int c_kind, float alpha, float beta, bool b_const, mk_act act)
 {
-    char desc[160];
-    snprintf(desc, sizeof desc, "Gemm M%lld N%lld K%lld tA%d tB%d C%d alpha %g beta %g",
-             (long long)M, (long long)N, (long long)K, ta, tb, c_kind, alpha, beta);
+    char desc[200];
+    snprintf(desc, sizeof desc, "Gemm M%lld N%lld K%lld tA%d tB%d C%d alpha %g beta %g B %s %s",
+             (long long)M, (long long)N, (long long)K, ta, tb, c_kind, alpha, beta,
+             b_const ? "initializer" : "input", act_name(act));
     int64_t ad[2] = {ta ? K : M, ta ? M : K}, bd[2] = {tb ? N : K, tb ? K : N};
     mk_tensor a = tensor(MASKD_FLOAT, 2, ad, random_floats(M * K));
     mk_tensor b = tensor(MASKD_FLOAT, 2, bd, random_floats(K * N));
@@ -718,7 +756,8 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
     memset(&y, 0, sizeof y);
     mk_node node;
     mk_error err = {0};
-    int rc = run_op("Gemm", 13, &at, &node, ins, c_kind ? 3 : 2, &y, true, pool, pool, MK_ACT_NONE, 0, &err);
+    int rc = run_op("Gemm", 13, &at, &node, ins, c_kind ? 3 : 2, &y, b_const, pool, pool, act,
+                    0.125f, &err);
     if (rc) {
         printf("FAIL %s: error %d: %s\n", desc, rc, err.message);
         record(false);
@@ -741,7 +780,7 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
             }
         bool ok = y.ndim == 2 && y.dims[0] == M && y.dims[1] == N;
         if (!ok) printf("FAIL %s: output shape\n", desc);
-        record(ok && compare(desc, y.data, want, mag, M * N, MK_ACT_NONE, 0));
+        record(ok && compare(desc, y.data, want, mag, M * N, act, 0.125f));
         free(want);
         free(mag);
     }
@@ -753,12 +792,12 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
 }
 
 static void run_matmul_case(mk_pool *pool, int an, const int64_t *adims, int bn,
-                            const int64_t *bdims)
+                            const int64_t *bdims, bool b_const)
 {
     char desc[200], as[96], bs[96];
     mk_tensor a = tensor(MASKD_FLOAT, an, adims, NULL), b = tensor(MASKD_FLOAT, bn, bdims, NULL);
-    snprintf(desc, sizeof desc, "MatMul %s x %s", mk_shape_str(&a, as, sizeof as),
-             mk_shape_str(&b, bs, sizeof bs));
+    snprintf(desc, sizeof desc, "MatMul %s x %s, B %s", mk_shape_str(&a, as, sizeof as),
+             mk_shape_str(&b, bs, sizeof bs), b_const ? "initializer" : "input");
     a.data = random_floats(mk_numel(&a));
     b.data = random_floats(mk_numel(&b));
     mk_tensor *ins[2] = {&a, &b};
@@ -767,7 +806,8 @@ static void run_matmul_case(mk_pool *pool, int an, const int64_t *adims, int bn,
     memset(&y, 0, sizeof y);
     mk_node node;
     mk_error err = {0};
-    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, true, pool, pool, MK_ACT_NONE, 0, &err);
+    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, b_const, pool, pool, MK_ACT_NONE, 0,
+                    &err);
     if (rc) {
         printf("FAIL %s: error %d: %s\n", desc, rc, err.message);
         record(false);
@@ -885,9 +925,19 @@ static void gemm_cases(mk_pool *pool, int count)
         bool big = rng() % 3 == 0;
         int64_t M = big ? rnd(64, 300) : rnd(1, 20), N = big ? rnd(64, 300) : rnd(1, 20);
         int64_t K = big ? rnd(16, 200) : rnd(1, 20);
+        const mk_act acts[3] = {MK_ACT_NONE, MK_ACT_RELU, MK_ACT_LEAKY_RELU};
         run_gemm_case(pool, M, N, K, rng() % 2, rng() % 2, (int)(rng() % 6),
-                      rng() % 2 ? 1.0f : 0.5f, rng() % 3 ? 1.0f : -2.0f);
+                      rng() % 2 ? 1.0f : 0.5f, rng() % 3 ? 1.0f : -2.0f, rng() % 4 != 0,
+                      acts[rng() % 3]);
     }
+    /* One row or one column: Y and Y^T share their layout (no transposes);
+     * a detector's box head (100 ROIs x 3136 -> 256, K past the sgemm's
+     * block). */
+    const int64_t edge[][3] = {{1, 1000, 300}, {1, 5, 7}, {37, 1, 50}, {100, 256, 700}};
+    for (int i = 0; i < 4; i++)
+        for (int c_kind = 0; c_kind < 6; c_kind += 2)
+            run_gemm_case(pool, edge[i][0], edge[i][1], edge[i][2], i == 2, i != 1, c_kind + 1,
+                          1.0f, c_kind == 4 ? 0.5f : 1.0f, true, i == 3 ? MK_ACT_RELU : MK_ACT_NONE);
     const int64_t s[][2][5] = {
         {{3, 4}, {4, 5}}, {{7}, {7, 3}}, {{2, 3, 7}, {7}}, {{5}, {5}},
         {{2, 1, 3, 4}, {5, 4, 6}}, {{4, 300, 64}, {64, 96}}, {{1, 96, 40}, {6, 40, 200}},
@@ -895,7 +945,8 @@ static void gemm_cases(mk_pool *pool, int count)
     };
     const int nd[][2] = {{2, 2}, {1, 2}, {3, 1}, {1, 1}, {4, 3}, {3, 2}, {3, 3}, {4, 4}, {1, 3}, {4, 3}};
     for (size_t i = 0; i < sizeof nd / sizeof nd[0]; i++)
-        run_matmul_case(pool, nd[i][0], s[i][0], nd[i][1], s[i][1]);
+        for (int b_const = 0; b_const < 2; b_const++)
+            run_matmul_case(pool, nd[i][0], s[i][0], nd[i][1], s[i][1], b_const);
 }
 
 int main(int argc, char **argv)
