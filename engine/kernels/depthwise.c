@@ -19,8 +19,15 @@
  *             below).  Two output rows that use the same kernel rows go
  *             together, so short rows still keep two FMA chains in flight.
  *
- * No activation here: ops/conv.c applies the fused one to each plane while
- * it is still in cache.
+ *   flat      (avx2, avx512) stride 1 with output rows as wide as the input
+ *             rows ("same" padding, any dilation): output p and tap (kh, kw)
+ *             then read input p + (kh*dh - ph) * W + kw*dw - pw, so the plane
+ *             is one long row and a vector of outputs may span several
+ *             output rows: a 7x7 map is four vectors, not seven short rows.
+ *             Padding is a per-vector mask, the lanes whose row and column
+ *             the tap lands in.
+ *
+ * The fused activation (all but Sigmoid) is applied as each vector is stored.
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -36,6 +43,54 @@
 /* Kernel rows (kd, kh) and widths handled by the fast path; larger kernels
  * take the plain per-tap loop. */
 enum { MAX_ROWS = 64, MAX_KW = 32 };
+/* The flat walk's limits: taps of a kernel, lane-mask entries tabulated
+ * (16 KiB of stack). */
+enum { FLAT_MAX_TAPS = 64, FLAT_TABLE_MAX = 8192 };
+
+bool mk_depthwise_fuses_act(int act)
+{
+    switch ((mk_act)act) {
+    case MK_ACT_NONE:
+    case MK_ACT_RELU:
+    case MK_ACT_CLIP:
+    case MK_ACT_LEAKY_RELU:
+    case MK_ACT_HARD_SIGMOID:
+    case MK_ACT_HARD_SWISH: return true;
+    default: return false;
+    }
+}
+
+/* The same arithmetic as mk_apply_act (ops/activation.c), so fused and
+ * unfused runs agree. */
+static inline float act_scalar(float v, const mk_dw_epilogue *ep)
+{
+    switch ((mk_act)ep->act) {
+    case MK_ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case MK_ACT_CLIP: {
+        const float c = v < ep->alpha ? ep->alpha : v;
+        return c > ep->beta ? ep->beta : c;
+    }
+    case MK_ACT_LEAKY_RELU: return v < 0.0f ? ep->alpha * v : v;
+    case MK_ACT_HARD_SIGMOID: {
+        float h = ep->alpha * v + ep->beta;
+        h = h < 0.0f ? 0.0f : h;
+        return h > 1.0f ? 1.0f : h;
+    }
+    case MK_ACT_HARD_SWISH: {
+        float h = v * (1.0f / 6.0f) + 0.5f;
+        h = h < 0.0f ? 0.0f : h;
+        h = h > 1.0f ? 1.0f : h;
+        return v * h;
+    }
+    default: return v;
+    }
+}
+
+static void act_span(float *y, int64_t n, const mk_dw_epilogue *ep)
+{
+    if (ep->act == MK_ACT_NONE) return;
+    for (int64_t i = 0; i < n; i++) y[i] = act_scalar(y[i], ep);
+}
 
 /* One pass over the interior: y[i] = (first ? init : y[i]) + sum_kw w[kw] *
  * x[i*sw + kw*dw], x pointing at interior position 0's tap 0.  The four
@@ -78,7 +133,7 @@ static void interior_any(float *restrict y, const float *restrict x, const float
 
 /* Plain per-tap accumulation for kernels too large for the fast path. */
 static void plane_generic(const float *x, const float *w, float bias, const mk_conv_geom *g,
-                          float *y)
+                          const mk_dw_epilogue *ep, float *y)
 {
     const int64_t ow_n = g->iter[2], kw_n = g->kernel[2];
     for (int64_t od = 0; od < g->iter[0]; od++)
@@ -102,6 +157,7 @@ static void plane_generic(const float *x, const float *w, float bias, const mk_c
                     }
                 }
             }
+            act_span(yrow, ow_n, ep);
         }
 }
 
@@ -119,7 +175,8 @@ typedef struct dw_row {
  * start of an input row.  n_rows >= 1.  A row kernel computes nr (1 or 2)
  * such output rows ys[j] from input rows xss[j], with the same weights. */
 typedef void (*row_fn)(float *const *ys, const dw_row *g, const float *const *const *xss,
-                       const float *const *ws, int n_rows, int nr, float bias);
+                       const float *const *ws, int n_rows, int nr, float bias,
+                       const mk_dw_epilogue *ep);
 
 static void row_portable_one(float *y, const dw_row *g, const float *const *xs,
                              const float *const *ws, int n_rows, float bias)
@@ -150,9 +207,41 @@ static void row_portable_one(float *y, const dw_row *g, const float *const *xs,
 }
 
 static void row_portable(float *const *ys, const dw_row *g, const float *const *const *xss,
-                         const float *const *ws, int n_rows, int nr, float bias)
+                         const float *const *ws, int n_rows, int nr, float bias,
+                         const mk_dw_epilogue *ep)
 {
-    for (int j = 0; j < nr; j++) row_portable_one(ys[j], g, xss[j], ws, n_rows, bias);
+    for (int j = 0; j < nr; j++) {
+        row_portable_one(ys[j], g, xss[j], ws, n_rows, bias);
+        act_span(ys[j], g->ow, ep);
+    }
+}
+
+/* The flat walk's geometry: a plane w wide (input and output), h output
+ * rows; kernel row kh lands for output rows [row_lo, row_hi), kernel column
+ * kw for output columns [col_lo, col_hi); tap (kh, kw) of output p reads
+ * input p + off[kh] + kw * dw. */
+typedef struct dw_flat {
+    int64_t w, h, dw, kh_n, kw_n;
+    int64_t off[MAX_KW], row_lo[MAX_KW], row_hi[MAX_KW], col_lo[MAX_KW], col_hi[MAX_KW];
+} dw_flat;
+
+static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
+{
+    if (g->kernel[0] != 1 || g->iter[0] != 1 || g->pad[0] != 0 || g->touch[0] < 1 ||
+        g->stride[1] != 1 || g->stride[2] != 1 || g->iter[2] != g->touch[2] ||
+        g->kernel[1] * g->kernel[2] > FLAT_MAX_TAPS)
+        return false;
+    f->w = g->iter[2];
+    f->h = g->iter[1];
+    f->dw = g->dilation[2];
+    f->kh_n = g->kernel[1];
+    f->kw_n = g->kernel[2];
+    for (int64_t k = 0; k < f->kh_n; k++) {
+        f->off[k] = (k * g->dilation[1] - g->pad[1]) * f->w - g->pad[2];
+        mk_conv_tap_span(g, 1, k, &f->row_lo[k], &f->row_hi[k]);
+    }
+    for (int64_t k = 0; k < f->kw_n; k++) mk_conv_tap_span(g, 2, k, &f->col_lo[k], &f->col_hi[k]);
+    return true;
 }
 
 #ifdef MK_DW_X86
@@ -180,6 +269,65 @@ static inline uint32_t bit_range(int64_t lo, int64_t hi)
     return (uint32_t)((((uint64_t)1 << hi) - 1) & ~(((uint64_t)1 << lo) - 1));
 }
 
+/* The flat walk's lanes for the c outputs from output row oh, column ow
+ * on: per kernel row, the lanes whose output row it lands for; per kernel
+ * column, the lanes whose output column it lands for.  A vector crosses
+ * ceil(c / w) + 1 rows at most, each a run of lanes. */
+static inline void flat_masks(const dw_flat *f, int64_t oh, int64_t ow, int64_t c, const int KH,
+                              const int KW, uint32_t *rows, uint32_t *cols)
+{
+    for (int k = 0; k < KH; k++) rows[k] = 0;
+    for (int k = 0; k < KW; k++) cols[k] = 0;
+    for (int64_t e = 0; e < c; oh++, ow = 0) {
+        const int64_t len = f->w - ow < c - e ? f->w - ow : c - e;
+        const uint32_t run = bit_range(e, e + len);
+        for (int k = 0; k < KH; k++)
+            if (oh >= f->row_lo[k] && oh < f->row_hi[k]) rows[k] |= run;
+        for (int k = 0; k < KW; k++)
+            cols[k] |= bit_range(e + f->col_lo[k] - ow, e + f->col_hi[k] - ow) & run;
+        e += len;
+    }
+}
+
+/* Where the flat walk is: output row and column of the next vector. */
+typedef struct flat_cursor {
+    int64_t oh, ow;
+} flat_cursor;
+
+/* The lane mask of each tap (kernel-row-major) for the c outputs at the
+ * cursor, then whether all V lanes of all taps are live; moves the cursor
+ * V outputs on. */
+static inline void flat_vector_masks(const dw_flat *f, flat_cursor *cur, int64_t c, int V,
+                                     const int KH, const int KW, uint16_t *m)
+{
+    uint32_t rows[MAX_KW], cols[MAX_KW];
+    flat_masks(f, cur->oh, cur->ow, c, KH, KW, rows, cols);
+    const uint32_t full = bit_range(0, V);
+    uint32_t all = c == V ? full : 0;
+    for (int kh = 0; kh < KH; kh++)
+        for (int kw = 0; kw < KW; kw++) {
+            m[kh * KW + kw] = (uint16_t)(rows[kh] & cols[kw]);
+            all &= rows[kh] & cols[kw];
+        }
+    m[KH * KW] = all == full;
+    for (cur->ow += V; cur->ow >= f->w; cur->ow -= f->w) cur->oh++;
+}
+
+/* Every vector's masks (flat_vector_masks, taps + 1 entries a vector) when
+ * they fit in FLAT_TABLE_MAX entries: computing them costs branches that
+ * a small plane's few FMAs cannot hide, and they are the same for every
+ * plane. */
+static bool flat_table(const dw_flat *f, int V, uint16_t *table)
+{
+    const int64_t n = f->h * f->w, taps = f->kh_n * f->kw_n;
+    if ((n + V - 1) / V * (taps + 1) > FLAT_TABLE_MAX) return false;
+    flat_cursor cur = {0, 0};
+    for (int64_t p0 = 0; p0 < n; p0 += V, table += taps + 1)
+        flat_vector_masks(f, &cur, n - p0 < V ? n - p0 : V, V, (int)f->kh_n, (int)f->kw_n,
+                          table);
+    return true;
+}
+
 /* Mask of the input columns a vector of c outputs at input column t0 reads
  * that exist: bit e for column t0 + e, e < S * (c - 1) + 1. */
 static inline uint32_t column_mask(int64_t t0, int64_t c, int64_t S, int64_t tw)
@@ -202,6 +350,32 @@ AVX2_TARGET ALWAYS_INLINE __m256 even8(__m256 lo, __m256 hi)
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+/* The activation on a vector, with act_scalar's comparisons (NaN included:
+ * max/min return their second operand on NaN). */
+AVX2_TARGET ALWAYS_INLINE __m256 act8(__m256 v, const mk_dw_epilogue *ep)
+{
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    switch ((mk_act)ep->act) {
+    case MK_ACT_RELU: return _mm256_max_ps(v, zero);
+    case MK_ACT_CLIP:
+        return _mm256_min_ps(_mm256_set1_ps(ep->beta), _mm256_max_ps(_mm256_set1_ps(ep->alpha), v));
+    case MK_ACT_LEAKY_RELU:
+        return _mm256_blendv_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
+                                _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    case MK_ACT_HARD_SIGMOID: {
+        const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
+                                       _mm256_set1_ps(ep->beta));
+        return _mm256_min_ps(one, _mm256_max_ps(zero, h));
+    }
+    case MK_ACT_HARD_SWISH: {
+        const __m256 h = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.0f / 6.0f)),
+                                       _mm256_set1_ps(0.5f));
+        return _mm256_mul_ps(v, _mm256_min_ps(one, _mm256_max_ps(zero, h)));
+    }
+    default: return v;
+    }
+}
+
 /* Eight outputs' taps at p[j * S], all in the row.  A stride-2 load also
  * reads the column after the last tap: blocks stop one output short of the
  * interior's end so that it exists. */
@@ -221,7 +395,8 @@ AVX2_TARGET ALWAYS_INLINE __m256 load8_masked(const float *p, const int S, __m25
 AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
                                              const float *const *const *xss,
                                              const float *const *ws, int n_rows, const int KW,
-                                             const int S, const int NR, float bias)
+                                             const int S, const int NR, float bias,
+                                             const mk_dw_epilogue *ep)
 {
     enum { V = 8 };
     const int64_t ow = g->ow, dw = g->dw, pw = g->pw, tw = g->tw;
@@ -244,10 +419,10 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
                     }
                 }
                 float *y = ys[j];
-                _mm256_storeu_ps(y + o, a0);
-                _mm256_storeu_ps(y + o + V, a1);
-                _mm256_storeu_ps(y + o + 2 * V, a2);
-                _mm256_storeu_ps(y + o + 3 * V, a3);
+                _mm256_storeu_ps(y + o, act8(a0, ep));
+                _mm256_storeu_ps(y + o + V, act8(a1, ep));
+                _mm256_storeu_ps(y + o + 2 * V, act8(a2, ep));
+                _mm256_storeu_ps(y + o + 3 * V, act8(a3, ep));
             }
             o += BLOCK_VECS * V;
             continue;
@@ -267,8 +442,8 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
                                  a[j]);
             }
         for (int j = 0; j < NR; j++) {
-            if (c == V) _mm256_storeu_ps(ys[j] + o, a[j]);
-            else _mm256_maskstore_ps(ys[j] + o, mask8(bit_range(0, c)), a[j]);
+            if (c == V) _mm256_storeu_ps(ys[j] + o, act8(a[j], ep));
+            else _mm256_maskstore_ps(ys[j] + o, mask8(bit_range(0, c)), act8(a[j], ep));
         }
         o += c;
     }
@@ -280,8 +455,8 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
  * row is too short for blocks).  Other strides go portable. */
 #define ROW_BODY_NR(body, KW, S)                                                 \
     do {                                                                         \
-        if (nr == 2) body(ys, g, xss, ws, n_rows, KW, S, 2, bias);               \
-        else body(ys, g, xss, ws, n_rows, KW, S, 1, bias);                       \
+        if (nr == 2) body(ys, g, xss, ws, n_rows, KW, S, 2, bias, ep);           \
+        else body(ys, g, xss, ws, n_rows, KW, S, 1, bias, ep);                   \
     } while (0)
 #define ROW_DISPATCH(body)                                                       \
     do {                                                                         \
@@ -292,13 +467,90 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
         else if (sw == 2 && kw == 3) ROW_BODY_NR(body, 3, 2);                    \
         else if (sw == 2 && kw == 5) ROW_BODY_NR(body, 5, 2);                    \
         else if (sw == 2) ROW_BODY_NR(body, (int)kw, 2);                         \
-        else row_portable(ys, g, xss, ws, n_rows, nr, bias);                     \
+        else row_portable(ys, g, xss, ws, n_rows, nr, bias, ep);                 \
     } while (0)
 
 AVX2_TARGET static void row_avx2(float *const *ys, const dw_row *g, const float *const *const *xss,
-                                 const float *const *ws, int n_rows, int nr, float bias)
+                                 const float *const *ws, int n_rows, int nr, float bias,
+                                 const mk_dw_epilogue *ep)
 {
     ROW_DISPATCH(row_avx2_body);
+}
+
+/* The flat walk (dw_flat), eight outputs a vector.  A vector whose taps all
+ * land loads plainly; the others under per-tap lane masks.  Even and odd
+ * kernel rows go to two accumulators, two FMA chains in flight. */
+AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, float bias,
+                                              const dw_flat *f, const uint16_t *table,
+                                              const mk_dw_epilogue *ep, float *y, const int KH,
+                                              const int KW, const int64_t dw)
+{
+    enum { V = 8 };
+    const int T = KH * KW;
+    const int64_t n = f->h * f->w;
+    const __m256 vb = _mm256_set1_ps(bias);
+    uint16_t local[FLAT_MAX_TAPS + 1];
+    flat_cursor cur = {0, 0};
+    for (int64_t p0 = 0, v = 0; p0 < n; p0 += V, v++) {
+        const int64_t c = n - p0 < V ? n - p0 : V;
+        const uint16_t *m = table ? table + v * (T + 1) : local;
+        if (!table) flat_vector_masks(f, &cur, c, V, KH, KW, local);
+        __m256 a0 = vb, a1 = _mm256_setzero_ps();
+        if (m[T]) {
+#define FLAT_ROW_AVX2(acc, kh)                                                                 \
+    for (int kw = 0; kw < KW; kw++)                                                            \
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(w[(kh) * KW + kw]),                               \
+                              _mm256_loadu_ps(x + p0 + f->off[kh] + kw * dw), acc)
+            int kh = 0;
+            for (; kh + 1 < KH; kh += 2) {
+                FLAT_ROW_AVX2(a0, kh);
+                FLAT_ROW_AVX2(a1, kh + 1);
+            }
+            if (kh < KH) FLAT_ROW_AVX2(a0, kh);
+#undef FLAT_ROW_AVX2
+            _mm256_storeu_ps(y + p0, act8(_mm256_add_ps(a0, a1), ep));
+            continue;
+        }
+        for (int kh = 0; kh < KH; kh++) {
+            const float *xr = x + p0 + f->off[kh];
+            for (int kw = 0; kw < KW; kw++) {
+                const uint32_t bits = m[kh * KW + kw];
+                if (!bits) continue;
+                const __m256 t = _mm256_maskload_ps(xr + kw * dw, mask8(bits));
+                if (kh & 1) a1 = _mm256_fmadd_ps(_mm256_set1_ps(w[kh * KW + kw]), t, a1);
+                else a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[kh * KW + kw]), t, a0);
+            }
+        }
+        _mm256_maskstore_ps(y + p0, mask8(bit_range(0, c)), act8(_mm256_add_ps(a0, a1), ep));
+    }
+}
+
+/* Kernels 3x3 and 5x5 unrolled (undilated rows too), others (up to
+ * FLAT_MAX_TAPS taps) not; the
+ * lane masks tabulated once for all planes when the table fits. */
+#define FLAT_PLANES(body, V)                                                                  \
+    do {                                                                                      \
+        uint16_t table[FLAT_TABLE_MAX];                                                       \
+        const uint16_t *t = flat_table(f, V, table) ? table : NULL;                           \
+        for (int64_t i = 0; i < n_planes; i++) {                                              \
+            const float *xi = x + i * x_stride, *wi = w + i * w_stride;                       \
+            const float bi = bias ? bias[i] : 0.0f;                                           \
+            float *yi = y + i * y_stride;                                                     \
+            const int64_t kh = f->kh_n, kw = f->kw_n, dw = f->dw;                            \
+            if (kh == 3 && kw == 3 && dw == 1) body(xi, wi, bi, f, t, ep, yi, 3, 3, 1);       \
+            else if (kh == 3 && kw == 3) body(xi, wi, bi, f, t, ep, yi, 3, 3, dw);            \
+            else if (kh == 5 && kw == 5 && dw == 1) body(xi, wi, bi, f, t, ep, yi, 5, 5, 1);  \
+            else if (kh == 5 && kw == 5) body(xi, wi, bi, f, t, ep, yi, 5, 5, dw);            \
+            else body(xi, wi, bi, f, t, ep, yi, (int)kh, (int)kw, dw);                        \
+        }                                                                                     \
+    } while (0)
+
+AVX2_TARGET static void flat_avx2(const float *x, int64_t x_stride, const float *w,
+                                  int64_t w_stride, const float *bias, int64_t n_planes,
+                                  const dw_flat *f, const mk_dw_epilogue *ep, float *y,
+                                  int64_t y_stride)
+{
+    FLAT_PLANES(flat_avx2_body, 8);
 }
 
 /* AVX-512: the same with 16 lanes and mask registers. */
@@ -307,6 +559,30 @@ AVX512_TARGET ALWAYS_INLINE __m512 even16(__m512 lo, __m512 hi)
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                            28, 30);
     return _mm512_permutex2var_ps(lo, even, hi);
+}
+
+AVX512_TARGET ALWAYS_INLINE __m512 act16(__m512 v, const mk_dw_epilogue *ep)
+{
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    switch ((mk_act)ep->act) {
+    case MK_ACT_RELU: return _mm512_max_ps(v, zero);
+    case MK_ACT_CLIP:
+        return _mm512_min_ps(_mm512_set1_ps(ep->beta), _mm512_max_ps(_mm512_set1_ps(ep->alpha), v));
+    case MK_ACT_LEAKY_RELU:
+        return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ),
+                                  _mm512_set1_ps(ep->alpha), v);
+    case MK_ACT_HARD_SIGMOID: {
+        const __m512 h = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(ep->alpha), v),
+                                       _mm512_set1_ps(ep->beta));
+        return _mm512_min_ps(one, _mm512_max_ps(zero, h));
+    }
+    case MK_ACT_HARD_SWISH: {
+        const __m512 h = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.0f / 6.0f)),
+                                       _mm512_set1_ps(0.5f));
+        return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, h)));
+    }
+    default: return v;
+    }
 }
 
 AVX512_TARGET ALWAYS_INLINE __m512 load16_full(const float *p, const int S)
@@ -325,7 +601,8 @@ AVX512_TARGET ALWAYS_INLINE __m512 load16_masked(const float *p, const int S, __
 AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row *g,
                                              const float *const *const *xss,
                                              const float *const *ws, int n_rows, const int KW,
-                                             const int S, const int NR, float bias)
+                                             const int S, const int NR, float bias,
+                                             const mk_dw_epilogue *ep)
 {
     enum { V = 16 };
     const int64_t ow = g->ow, dw = g->dw, pw = g->pw, tw = g->tw;
@@ -348,10 +625,10 @@ AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row 
                     }
                 }
                 float *y = ys[j];
-                _mm512_storeu_ps(y + o, a0);
-                _mm512_storeu_ps(y + o + V, a1);
-                _mm512_storeu_ps(y + o + 2 * V, a2);
-                _mm512_storeu_ps(y + o + 3 * V, a3);
+                _mm512_storeu_ps(y + o, act16(a0, ep));
+                _mm512_storeu_ps(y + o + V, act16(a1, ep));
+                _mm512_storeu_ps(y + o + 2 * V, act16(a2, ep));
+                _mm512_storeu_ps(y + o + 3 * V, act16(a3, ep));
             }
             o += BLOCK_VECS * V;
             continue;
@@ -371,29 +648,105 @@ AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row 
                                  a[j]);
             }
         for (int j = 0; j < NR; j++)
-            _mm512_mask_storeu_ps(ys[j] + o, (__mmask16)bit_range(0, c), a[j]);
+            _mm512_mask_storeu_ps(ys[j] + o, (__mmask16)bit_range(0, c), act16(a[j], ep));
         o += c;
     }
 }
 
 AVX512_TARGET static void row_avx512(float *const *ys, const dw_row *g, const float *const *const *xss,
-                                     const float *const *ws, int n_rows, int nr, float bias)
+                                     const float *const *ws, int n_rows, int nr, float bias,
+                                 const mk_dw_epilogue *ep)
 {
     ROW_DISPATCH(row_avx512_body);
 }
+
+/* The flat walk, sixteen outputs a vector.  The weights stay in registers
+ * and each kernel row's offset in a register, so a tap is one load and one
+ * FMA; vectors whose taps all land skip the masks. */
+AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w, float bias,
+                                                  const dw_flat *f, const uint16_t *table,
+                                                  const mk_dw_epilogue *ep, float *y,
+                                                  const int KH, const int KW, const int64_t DW)
+{
+    enum { V = 16 };
+    const int T = KH * KW;
+    const int64_t n = f->h * f->w;
+    const __m512 vb = _mm512_set1_ps(bias);
+    __m512 wv[FLAT_MAX_TAPS];
+    int64_t off[MAX_KW];
+    for (int t = 0; t < T; t++) wv[t] = _mm512_set1_ps(w[t]);
+    for (int kh = 0; kh < KH; kh++) off[kh] = f->off[kh];
+    uint16_t local[FLAT_MAX_TAPS + 1];
+    flat_cursor cur = {0, 0};
+    for (int64_t p0 = 0, v = 0; p0 < n; p0 += V, v++) {
+        const int64_t c = n - p0 < V ? n - p0 : V;
+        const uint16_t *m = table ? table + v * (T + 1) : local;
+        if (!table) flat_vector_masks(f, &cur, c, V, KH, KW, local);
+        const float *xp = x + p0;
+        __m512 a0 = vb, a1 = _mm512_setzero_ps();
+        if (m[T]) {
+#define FLAT_ROW(acc, kh)                                                                      \
+    for (int kw = 0; kw < KW; kw++)                                                            \
+        acc = _mm512_fmadd_ps(wv[(kh) * KW + kw], _mm512_loadu_ps(xp + off[kh] + kw * DW), acc)
+            int kh = 0;
+            for (; kh + 1 < KH; kh += 2) {
+                FLAT_ROW(a0, kh);
+                FLAT_ROW(a1, kh + 1);
+            }
+            if (kh < KH) FLAT_ROW(a0, kh);
+#undef FLAT_ROW
+            _mm512_storeu_ps(y + p0, act16(_mm512_add_ps(a0, a1), ep));
+            continue;
+        }
+#define FLAT_ROW(acc, kh)                                                                      \
+    for (int kw = 0; kw < KW; kw++)                                                            \
+        acc = _mm512_fmadd_ps(wv[(kh) * KW + kw],                                              \
+                              _mm512_maskz_loadu_ps((__mmask16)m[(kh) * KW + kw],              \
+                                                    xp + off[kh] + kw * DW),                   \
+                              acc)
+        int kh = 0;
+        for (; kh + 1 < KH; kh += 2) {
+            FLAT_ROW(a0, kh);
+            FLAT_ROW(a1, kh + 1);
+        }
+        if (kh < KH) FLAT_ROW(a0, kh);
+#undef FLAT_ROW
+        _mm512_mask_storeu_ps(y + p0, (__mmask16)bit_range(0, c), act16(_mm512_add_ps(a0, a1), ep));
+    }
+}
+
+AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const float *w,
+                                      int64_t w_stride, const float *bias, int64_t n_planes,
+                                      const dw_flat *f, const mk_dw_epilogue *ep, float *y,
+                                      int64_t y_stride)
+{
+    FLAT_PLANES(flat_avx512_body, 16);
+}
+#undef FLAT_PLANES
 #undef ROW_DISPATCH
 #undef ROW_BODY_NR
 #endif
 
+typedef void (*flat_fn)(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
+                        const float *bias, int64_t n_planes, const dw_flat *f,
+                        const mk_dw_epilogue *ep, float *y, int64_t y_stride);
+
 static row_fn row_kernel = row_portable;
+static flat_fn flat_kernel = NULL; /* none portable: the row walk serves */
 static pthread_once_t row_once = PTHREAD_ONCE_INIT;
 
 static void pick_row_kernel(void)
 {
 #ifdef MK_DW_X86
     switch (mk_cpu_level()) {
-    case MK_ISA_AVX512: row_kernel = row_avx512; break;
-    case MK_ISA_AVX2: row_kernel = row_avx2; break;
+    case MK_ISA_AVX512:
+        row_kernel = row_avx512;
+        flat_kernel = flat_avx512;
+        break;
+    case MK_ISA_AVX2:
+        row_kernel = row_avx2;
+        flat_kernel = flat_avx2;
+        break;
     default: row_kernel = row_portable; break;
     }
 #endif
@@ -419,27 +772,11 @@ static int live_rows(const float *x, const float *w, const mk_conv_geom *g, int6
     return n_rows;
 }
 
-void mk_depthwise_plane(const float *x, const float *w, float bias, const mk_conv_geom *g,
-                        float *y)
+/* One plane by the row walk, row's horizontal geometry worked out. */
+static void plane_rows(const float *x, const float *w, float bias, const mk_conv_geom *g,
+                       const dw_row *row, const mk_dw_epilogue *ep, float *y)
 {
-    const int64_t ow_n = g->iter[2], kw_n = g->kernel[2], tw = g->touch[2];
-    if (kw_n > MAX_KW || g->kernel[0] * g->kernel[1] > MAX_ROWS) {
-        plane_generic(x, w, bias, g, y);
-        return;
-    }
-    dw_row row = {.ow = ow_n, .kw = kw_n, .sw = g->stride[2], .dw = g->dilation[2],
-                  .pw = g->pad[2], .tw = tw, .inner_lo = 0, .inner_hi = ow_n};
-    /* The interior: where every horizontal tap lands. */
-    for (int64_t kw = 0; kw < kw_n; kw++) {
-        int64_t a, b;
-        mk_conv_tap_span(g, 2, kw, &a, &b);
-        if (a > row.inner_lo) row.inner_lo = a;
-        if (b < row.inner_hi) row.inner_hi = b;
-    }
-    if (row.inner_hi < row.inner_lo) row.inner_hi = row.inner_lo;
-    if (row.inner_lo > ow_n) row.inner_lo = row.inner_hi = ow_n;
-
-    pthread_once(&row_once, pick_row_kernel);
+    const int64_t ow_n = g->iter[2];
     const row_fn kernel = row_kernel;
     const float *rows_x[2][MAX_ROWS];
     const float *rows_w[2][MAX_ROWS];
@@ -457,11 +794,47 @@ void mk_depthwise_plane(const float *x, const float *w, float bias, const mk_con
                 ys[1] = ys[0] + ow_n;
             }
             if (n_rows == 0) {
-                for (int64_t o = 0; o < nr * ow_n; o++) ys[0][o] = bias;
+                const float v = act_scalar(bias, ep);
+                for (int64_t o = 0; o < nr * ow_n; o++) ys[0][o] = v;
             } else {
                 const float *const *xss[2] = {rows_x[0], rows_x[1]};
-                kernel(ys, &row, xss, rows_w[0], n_rows, nr, bias);
+                kernel(ys, row, xss, rows_w[0], n_rows, nr, bias, ep);
             }
             oh += nr;
         }
+}
+
+void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
+                         const float *bias, int64_t n_planes, const mk_conv_geom *g,
+                         const mk_dw_epilogue *ep, float *y, int64_t y_stride)
+{
+    const int64_t ow_n = g->iter[2], kw_n = g->kernel[2], tw = g->touch[2];
+    if (kw_n > MAX_KW || g->kernel[0] * g->kernel[1] > MAX_ROWS) {
+        for (int64_t i = 0; i < n_planes; i++)
+            plane_generic(x + i * x_stride, w + i * w_stride, bias ? bias[i] : 0.0f, g, ep,
+                          y + i * y_stride);
+        return;
+    }
+    pthread_once(&row_once, pick_row_kernel);
+    /* The geometry once for all planes: it costs divisions, a small plane
+     * only a few hundred FMAs. */
+    dw_flat flat;
+    if (flat_kernel && flat_geometry(g, &flat)) {
+        flat_kernel(x, x_stride, w, w_stride, bias, n_planes, &flat, ep, y, y_stride);
+        return;
+    }
+    dw_row row = {.ow = ow_n, .kw = kw_n, .sw = g->stride[2], .dw = g->dilation[2],
+                  .pw = g->pad[2], .tw = tw, .inner_lo = 0, .inner_hi = ow_n};
+    /* The interior: where every horizontal tap lands. */
+    for (int64_t kw = 0; kw < kw_n; kw++) {
+        int64_t a, b;
+        mk_conv_tap_span(g, 2, kw, &a, &b);
+        if (a > row.inner_lo) row.inner_lo = a;
+        if (b < row.inner_hi) row.inner_hi = b;
+    }
+    if (row.inner_hi < row.inner_lo) row.inner_hi = row.inner_lo;
+    if (row.inner_lo > ow_n) row.inner_lo = row.inner_hi = ow_n;
+    for (int64_t i = 0; i < n_planes; i++)
+        plane_rows(x + i * x_stride, w + i * w_stride, bias ? bias[i] : 0.0f, g, &row, ep,
+                   y + i * y_stride);
 }

@@ -93,13 +93,25 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
                         float *y);
 
 /*
- * Direct depthwise convolution of one plane: y[iter grid] = bias + sum over
- * taps of w[tap] * x[touch grid], taps in padding skipped row by row and
- * column ranges clipped, so dilated convs on small maps cost only the taps
- * that land.  No activation (the caller's epilogue does it).
+ * Direct depthwise convolution of one plane: y[iter grid] = act(bias + sum
+ * over taps of w[tap] * x[touch grid]), taps in padding skipped row by row
+ * and column ranges clipped, so dilated convs on small maps cost only the
+ * taps that land.  The activation is applied as each vector is stored; act
+ * is an mk_act (engine/mk.h) for which mk_depthwise_fuses_act holds, any
+ * other is the caller's to apply.
  */
-void mk_depthwise_plane(const float *x, const float *w, float bias,
-                        const mk_conv_geom *g, float *y);
+typedef struct mk_dw_epilogue {
+    int act; /* mk_act */
+    float alpha, beta;
+} mk_dw_epilogue;
+
+bool mk_depthwise_fuses_act(int act);
+/* n_planes planes at once (the geometry worked out once): plane i reads
+ * x + i * x_stride with weights w + i * w_stride and bias[i] (bias may be
+ * NULL: 0) and writes y + i * y_stride. */
+void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
+                         const float *bias, int64_t n_planes, const mk_conv_geom *g,
+                         const mk_dw_epilogue *ep, float *y, int64_t y_stride);
 
 /*
  * sgemm with A packed once (kernels/sgemm.c), for conv weights:

@@ -572,14 +572,23 @@ static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
 static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
 {
     const conv_plan *p = job->p;
-    for (int64_t it = begin; it < end; it++) {
+    /* The kernel stores through the activation when it can; the rest
+     * (Sigmoid) runs over each plane while it is still in cache. */
+    const bool fused = mk_depthwise_fuses_act(job->act);
+    const mk_dw_epilogue ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
+    /* Runs of output channels of one image: with one output per input
+     * channel, plane it of x feeds plane it of y; otherwise one at a time. */
+    for (int64_t it = begin; it < end;) {
         const int64_t n = it / p->c_out, oc = it % p->c_out;
         const int64_t g = oc / p->cout_g; /* its only input channel */
+        const int64_t image_end = (n + 1) * p->c_out < end ? (n + 1) * p->c_out : end;
+        const int64_t run = p->cout_g == 1 ? image_end - it : 1;
         float *y = job->y + it * p->s_out;
-        mk_depthwise_plane(job->x + (n * p->c_in + g) * p->s_in, job->w + oc * p->taps,
-                           job->bias ? job->bias[oc] : 0.0f, &p->geom, y);
-        if (job->act != MK_ACT_NONE)
-            mk_apply_act(y, p->s_out, job->act, job->act_alpha, job->act_beta);
+        mk_depthwise_planes(job->x + (n * p->c_in + g) * p->s_in, p->s_in, job->w + oc * p->taps,
+                            p->taps, job->bias ? job->bias + oc : NULL, run, &p->geom, &ep, y,
+                            p->s_out);
+        if (!fused) mk_apply_act(y, run * p->s_out, job->act, job->act_alpha, job->act_beta);
+        it += run;
     }
 }
 
