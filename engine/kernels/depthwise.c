@@ -225,6 +225,37 @@ typedef struct dw_flat {
     int64_t off[MAX_KW], row_lo[MAX_KW], row_hi[MAX_KW], col_lo[MAX_KW], col_hi[MAX_KW];
 } dw_flat;
 
+/* The strided walk's geometry (stride 2 across, AVX-512): output rows ow
+ * wide, h of them, input rows tw wide; kernel row kh lands for output rows
+ * [row_lo, row_hi) and output row oh's kernel row kh reads input row
+ * oh * sh + row_off[kh]; output o, tap kw reads input column o * 2 - pw +
+ * kw * dw. */
+typedef struct dw_strided {
+    int64_t ow, h, tw, sh, pw, dw, kh_n, kw_n;
+    int64_t row_off[MAX_KW], row_lo[MAX_KW], row_hi[MAX_KW];
+} dw_strided;
+
+static bool strided_geometry(const mk_conv_geom *g, dw_strided *sg)
+{
+    if (g->kernel[0] != 1 || g->iter[0] != 1 || g->pad[0] != 0 || g->touch[0] < 1 ||
+        g->stride[2] != 2 || g->kernel[1] * g->kernel[2] > FLAT_MAX_TAPS ||
+        g->kernel[1] > MAX_KW || g->kernel[2] > MAX_KW)
+        return false;
+    sg->ow = g->iter[2];
+    sg->h = g->iter[1];
+    sg->tw = g->touch[2];
+    sg->sh = g->stride[1];
+    sg->pw = g->pad[2];
+    sg->dw = g->dilation[2];
+    sg->kh_n = g->kernel[1];
+    sg->kw_n = g->kernel[2];
+    for (int64_t k = 0; k < sg->kh_n; k++) {
+        sg->row_off[k] = k * g->dilation[1] - g->pad[1];
+        mk_conv_tap_span(g, 1, k, &sg->row_lo[k], &sg->row_hi[k]);
+    }
+    return true;
+}
+
 static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
 {
     if (g->kernel[0] != 1 || g->iter[0] != 1 || g->pad[0] != 0 || g->touch[0] < 1 ||
@@ -723,6 +754,111 @@ AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const fl
     FLAT_PLANES(flat_avx512_body, 16);
 }
 #undef FLAT_PLANES
+
+/*
+ * The strided walk, sixteen outputs of a row a vector: each tap loads the
+ * 32 input columns under it and keeps the even ones.  The lane masks of a
+ * vector's taps are the same on every row of every plane, so they are
+ * tabulated once per call (with whether the vector needs none), and each
+ * output row finds its live kernel rows without a division.
+ */
+enum { STRIDED_TABLE_MAX = 2048 };
+
+AVX512_TARGET ALWAYS_INLINE void strided_avx512_body(const float *x, const float *w, float bias,
+                                                     const dw_strided *sg,
+                                                     const uint32_t *table,
+                                                     const mk_dw_epilogue *ep, float *y,
+                                                     const int KH, const int KW,
+                                                     const int64_t DW)
+{
+    enum { V = 16 };
+    const int64_t ow = sg->ow, pw = sg->pw, n_vec = (ow + V - 1) / V;
+    const __m512 vb = _mm512_set1_ps(bias);
+    __m512 wv[FLAT_MAX_TAPS];
+    for (int t = 0; t < KH * KW; t++) wv[t] = _mm512_set1_ps(w[t]);
+    for (int64_t oh = 0; oh < sg->h; oh++, y += ow) {
+        int kh0 = 0, kh1 = 0; /* live kernel rows [kh0, kh1) */
+        for (int k = 0; k < KH; k++)
+            if (oh >= sg->row_lo[k] && oh < sg->row_hi[k]) {
+                if (kh1 == 0) kh0 = k;
+                kh1 = k + 1;
+            }
+        const float *xr = x + (oh * sg->sh) * sg->tw;
+        /* Rows where every kernel row lands (most) have constant loops. */
+        const bool all_rows = kh0 == 0 && kh1 == KH;
+        for (int64_t v = 0; v < n_vec; v++) {
+            const uint32_t *m = table + v * (KW + 1);
+            const int64_t o = v * V, c = ow - o < V ? ow - o : V;
+            const float *xo = xr + o * 2 - pw;
+            __m512 a0 = vb, a1 = _mm512_setzero_ps();
+#define STRIDED_TAPS(LOAD)                                                                     \
+    do {                                                                                       \
+        if (all_rows) {                                                                        \
+            for (int kh = 0; kh < KH; kh++) {                                                  \
+                const float *p = xo + sg->row_off[kh] * sg->tw;                                \
+                for (int kw = 0; kw < KW; kw++) {                                              \
+                    const __m512 t = LOAD;                                                     \
+                    if (kh & 1) a1 = _mm512_fmadd_ps(wv[kh * KW + kw], t, a1);                 \
+                    else a0 = _mm512_fmadd_ps(wv[kh * KW + kw], t, a0);                        \
+                }                                                                              \
+            }                                                                                  \
+        } else {                                                                               \
+            for (int kh = kh0; kh < kh1; kh++) {                                               \
+                const float *p = xo + sg->row_off[kh] * sg->tw;                                \
+                for (int kw = 0; kw < KW; kw++) a0 = _mm512_fmadd_ps(wv[kh * KW + kw], LOAD, a0); \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+            if (m[KW])
+                STRIDED_TAPS(even16(_mm512_loadu_ps(p + kw * DW), _mm512_loadu_ps(p + kw * DW + V)));
+            else
+                STRIDED_TAPS(load16_masked(p + kw * DW, 2, (__mmask16)(m[kw] & 0xffff),
+                                           (__mmask16)(m[kw] >> 16)));
+#undef STRIDED_TAPS
+            _mm512_mask_storeu_ps(y + o, (__mmask16)bit_range(0, c), act16(_mm512_add_ps(a0, a1), ep));
+        }
+    }
+}
+
+/* The column masks of every vector of a row and tap, and whether all 32
+ * columns under each tap exist (then plain loads serve); false when the
+ * table would not fit. */
+static bool strided_table(const dw_strided *sg, uint32_t *table)
+{
+    enum { V = 16 };
+    const int64_t n_vec = (sg->ow + V - 1) / V, kw_n = sg->kw_n;
+    if (n_vec * (kw_n + 1) > STRIDED_TABLE_MAX) return false;
+    for (int64_t v = 0; v < n_vec; v++, table += kw_n + 1) {
+        const int64_t o = v * V, c = sg->ow - o < V ? sg->ow - o : V;
+        bool plain = c == V;
+        for (int64_t k = 0; k < kw_n; k++) {
+            const int64_t t0 = o * 2 - sg->pw + k * sg->dw;
+            table[k] = column_mask(t0, c, 2, sg->tw);
+            plain = plain && t0 >= 0 && t0 + 2 * V <= sg->tw;
+        }
+        table[kw_n] = plain;
+    }
+    return true;
+}
+
+AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const float *w,
+                                         int64_t w_stride, const float *bias, int64_t n_planes,
+                                         const dw_strided *sg, const mk_dw_epilogue *ep, float *y,
+                                         int64_t y_stride)
+{
+    uint32_t table[STRIDED_TABLE_MAX];
+    if (!strided_table(sg, table)) return false;
+    for (int64_t i = 0; i < n_planes; i++) {
+        const float *xi = x + i * x_stride, *wi = w + i * w_stride;
+        const float bi = bias ? bias[i] : 0.0f;
+        float *yi = y + i * y_stride;
+        const int64_t kh = sg->kh_n, kw = sg->kw_n, dw = sg->dw;
+        if (kh == 3 && kw == 3 && dw == 1) strided_avx512_body(xi, wi, bi, sg, table, ep, yi, 3, 3, 1);
+        else if (kh == 5 && kw == 5 && dw == 1) strided_avx512_body(xi, wi, bi, sg, table, ep, yi, 5, 5, 1);
+        else strided_avx512_body(xi, wi, bi, sg, table, ep, yi, (int)kh, (int)kw, dw);
+    }
+    return true;
+}
 #undef ROW_DISPATCH
 #undef ROW_BODY_NR
 #endif
@@ -733,6 +869,11 @@ typedef void (*flat_fn)(const float *x, int64_t x_stride, const float *w, int64_
 
 static row_fn row_kernel = row_portable;
 static flat_fn flat_kernel = NULL; /* none portable: the row walk serves */
+/* Returns false when it cannot take the geometry (the row walk then does). */
+typedef bool (*strided_fn)(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
+                           const float *bias, int64_t n_planes, const dw_strided *sg,
+                           const mk_dw_epilogue *ep, float *y, int64_t y_stride);
+static strided_fn strided_kernel = NULL; /* AVX-512 only */
 static pthread_once_t row_once = PTHREAD_ONCE_INIT;
 
 static void pick_row_kernel(void)
@@ -742,6 +883,7 @@ static void pick_row_kernel(void)
     case MK_ISA_AVX512:
         row_kernel = row_avx512;
         flat_kernel = flat_avx512;
+        strided_kernel = strided_avx512;
         break;
     case MK_ISA_AVX2:
         row_kernel = row_avx2;
@@ -823,6 +965,10 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
         flat_kernel(x, x_stride, w, w_stride, bias, n_planes, &flat, ep, y, y_stride);
         return;
     }
+    dw_strided strided;
+    if (strided_kernel && strided_geometry(g, &strided) &&
+        strided_kernel(x, x_stride, w, w_stride, bias, n_planes, &strided, ep, y, y_stride))
+        return;
     dw_row row = {.ow = ow_n, .kw = kw_n, .sw = g->stride[2], .dw = g->dilation[2],
                   .pw = g->pad[2], .tw = tw, .inner_lo = 0, .inner_hi = ow_n};
     /* The interior: where every horizontal tap lands. */
