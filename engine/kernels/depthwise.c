@@ -39,6 +39,7 @@
 
 #include "../mk.h"
 #include "kernels.h"
+#include "act_simd.h"
 
 /* Kernel rows (kd, kh) and widths handled by the fast path; larger kernels
  * take the plain per-tap loop. */
@@ -47,49 +48,9 @@ enum { MAX_ROWS = 64, MAX_KW = 32 };
  * (16 KiB of stack). */
 enum { FLAT_MAX_TAPS = 64, FLAT_TABLE_MAX = 8192 };
 
-bool mk_depthwise_fuses_act(int act)
+static void act_span(float *y, int64_t n, const mk_act_spec *ep)
 {
-    switch ((mk_act)act) {
-    case MK_ACT_NONE:
-    case MK_ACT_RELU:
-    case MK_ACT_CLIP:
-    case MK_ACT_LEAKY_RELU:
-    case MK_ACT_HARD_SIGMOID:
-    case MK_ACT_HARD_SWISH: return true;
-    default: return false;
-    }
-}
-
-/* The same arithmetic as mk_apply_act (ops/activation.c), so fused and
- * unfused runs agree. */
-static inline float act_scalar(float v, const mk_dw_epilogue *ep)
-{
-    switch ((mk_act)ep->act) {
-    case MK_ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case MK_ACT_CLIP: {
-        const float c = v < ep->alpha ? ep->alpha : v;
-        return c > ep->beta ? ep->beta : c;
-    }
-    case MK_ACT_LEAKY_RELU: return v < 0.0f ? ep->alpha * v : v;
-    case MK_ACT_HARD_SIGMOID: {
-        float h = ep->alpha * v + ep->beta;
-        h = h < 0.0f ? 0.0f : h;
-        return h > 1.0f ? 1.0f : h;
-    }
-    case MK_ACT_HARD_SWISH: {
-        float h = v * (1.0f / 6.0f) + 0.5f;
-        h = h < 0.0f ? 0.0f : h;
-        h = h > 1.0f ? 1.0f : h;
-        return v * h;
-    }
-    default: return v;
-    }
-}
-
-static void act_span(float *y, int64_t n, const mk_dw_epilogue *ep)
-{
-    if (ep->act == MK_ACT_NONE) return;
-    for (int64_t i = 0; i < n; i++) y[i] = act_scalar(y[i], ep);
+    if (ep->act != MK_ACT_NONE) mk_act_span(y, n, ep);
 }
 
 /* One pass over the interior: y[i] = (first ? init : y[i]) + sum_kw w[kw] *
@@ -133,7 +94,7 @@ static void interior_any(float *restrict y, const float *restrict x, const float
 
 /* Plain per-tap accumulation for kernels too large for the fast path. */
 static void plane_generic(const float *x, const float *w, float bias, const mk_conv_geom *g,
-                          const mk_dw_epilogue *ep, float *y)
+                          const mk_act_spec *ep, float *y)
 {
     const int64_t ow_n = g->iter[2], kw_n = g->kernel[2];
     for (int64_t od = 0; od < g->iter[0]; od++)
@@ -176,7 +137,7 @@ typedef struct dw_row {
  * such output rows ys[j] from input rows xss[j], with the same weights. */
 typedef void (*row_fn)(float *const *ys, const dw_row *g, const float *const *const *xss,
                        const float *const *ws, int n_rows, int nr, float bias,
-                       const mk_dw_epilogue *ep);
+                       const mk_act_spec *ep);
 
 static void row_portable_one(float *y, const dw_row *g, const float *const *xs,
                              const float *const *ws, int n_rows, float bias)
@@ -208,7 +169,7 @@ static void row_portable_one(float *y, const dw_row *g, const float *const *xs,
 
 static void row_portable(float *const *ys, const dw_row *g, const float *const *const *xss,
                          const float *const *ws, int n_rows, int nr, float bias,
-                         const mk_dw_epilogue *ep)
+                         const mk_act_spec *ep)
 {
     for (int j = 0; j < nr; j++) {
         row_portable_one(ys[j], g, xss[j], ws, n_rows, bias);
@@ -381,32 +342,6 @@ AVX2_TARGET ALWAYS_INLINE __m256 even8(__m256 lo, __m256 hi)
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
-/* The activation on a vector, with act_scalar's comparisons (NaN included:
- * max/min return their second operand on NaN). */
-AVX2_TARGET ALWAYS_INLINE __m256 act8(__m256 v, const mk_dw_epilogue *ep)
-{
-    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-    switch ((mk_act)ep->act) {
-    case MK_ACT_RELU: return _mm256_max_ps(v, zero);
-    case MK_ACT_CLIP:
-        return _mm256_min_ps(_mm256_set1_ps(ep->beta), _mm256_max_ps(_mm256_set1_ps(ep->alpha), v));
-    case MK_ACT_LEAKY_RELU:
-        return _mm256_blendv_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
-                                _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-    case MK_ACT_HARD_SIGMOID: {
-        const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
-                                       _mm256_set1_ps(ep->beta));
-        return _mm256_min_ps(one, _mm256_max_ps(zero, h));
-    }
-    case MK_ACT_HARD_SWISH: {
-        const __m256 h = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.0f / 6.0f)),
-                                       _mm256_set1_ps(0.5f));
-        return _mm256_mul_ps(v, _mm256_min_ps(one, _mm256_max_ps(zero, h)));
-    }
-    default: return v;
-    }
-}
-
 /* Eight outputs' taps at p[j * S], all in the row.  A stride-2 load also
  * reads the column after the last tap: blocks stop one output short of the
  * interior's end so that it exists. */
@@ -427,7 +362,7 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
                                              const float *const *const *xss,
                                              const float *const *ws, int n_rows, const int KW,
                                              const int S, const int NR, float bias,
-                                             const mk_dw_epilogue *ep)
+                                             const mk_act_spec *ep)
 {
     enum { V = 8 };
     const int64_t ow = g->ow, dw = g->dw, pw = g->pw, tw = g->tw;
@@ -503,7 +438,7 @@ AVX2_TARGET ALWAYS_INLINE void row_avx2_body(float *const *ys, const dw_row *g,
 
 AVX2_TARGET static void row_avx2(float *const *ys, const dw_row *g, const float *const *const *xss,
                                  const float *const *ws, int n_rows, int nr, float bias,
-                                 const mk_dw_epilogue *ep)
+                                 const mk_act_spec *ep)
 {
     ROW_DISPATCH(row_avx2_body);
 }
@@ -513,7 +448,7 @@ AVX2_TARGET static void row_avx2(float *const *ys, const dw_row *g, const float 
  * kernel rows go to two accumulators, two FMA chains in flight. */
 AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, float bias,
                                               const dw_flat *f, const uint16_t *table,
-                                              const mk_dw_epilogue *ep, float *y, const int KH,
+                                              const mk_act_spec *ep, float *y, const int KH,
                                               const int KW, const int64_t dw)
 {
     enum { V = 8 };
@@ -578,7 +513,7 @@ AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, fl
 
 AVX2_TARGET static void flat_avx2(const float *x, int64_t x_stride, const float *w,
                                   int64_t w_stride, const float *bias, int64_t n_planes,
-                                  const dw_flat *f, const mk_dw_epilogue *ep, float *y,
+                                  const dw_flat *f, const mk_act_spec *ep, float *y,
                                   int64_t y_stride)
 {
     FLAT_PLANES(flat_avx2_body, 8);
@@ -590,30 +525,6 @@ AVX512_TARGET ALWAYS_INLINE __m512 even16(__m512 lo, __m512 hi)
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                            28, 30);
     return _mm512_permutex2var_ps(lo, even, hi);
-}
-
-AVX512_TARGET ALWAYS_INLINE __m512 act16(__m512 v, const mk_dw_epilogue *ep)
-{
-    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    switch ((mk_act)ep->act) {
-    case MK_ACT_RELU: return _mm512_max_ps(v, zero);
-    case MK_ACT_CLIP:
-        return _mm512_min_ps(_mm512_set1_ps(ep->beta), _mm512_max_ps(_mm512_set1_ps(ep->alpha), v));
-    case MK_ACT_LEAKY_RELU:
-        return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ),
-                                  _mm512_set1_ps(ep->alpha), v);
-    case MK_ACT_HARD_SIGMOID: {
-        const __m512 h = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(ep->alpha), v),
-                                       _mm512_set1_ps(ep->beta));
-        return _mm512_min_ps(one, _mm512_max_ps(zero, h));
-    }
-    case MK_ACT_HARD_SWISH: {
-        const __m512 h = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.0f / 6.0f)),
-                                       _mm512_set1_ps(0.5f));
-        return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, h)));
-    }
-    default: return v;
-    }
 }
 
 AVX512_TARGET ALWAYS_INLINE __m512 load16_full(const float *p, const int S)
@@ -633,7 +544,7 @@ AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row 
                                              const float *const *const *xss,
                                              const float *const *ws, int n_rows, const int KW,
                                              const int S, const int NR, float bias,
-                                             const mk_dw_epilogue *ep)
+                                             const mk_act_spec *ep)
 {
     enum { V = 16 };
     const int64_t ow = g->ow, dw = g->dw, pw = g->pw, tw = g->tw;
@@ -686,7 +597,7 @@ AVX512_TARGET ALWAYS_INLINE void row_avx512_body(float *const *ys, const dw_row 
 
 AVX512_TARGET static void row_avx512(float *const *ys, const dw_row *g, const float *const *const *xss,
                                      const float *const *ws, int n_rows, int nr, float bias,
-                                 const mk_dw_epilogue *ep)
+                                 const mk_act_spec *ep)
 {
     ROW_DISPATCH(row_avx512_body);
 }
@@ -696,7 +607,7 @@ AVX512_TARGET static void row_avx512(float *const *ys, const dw_row *g, const fl
  * FMA; vectors whose taps all land skip the masks. */
 AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w, float bias,
                                                   const dw_flat *f, const uint16_t *table,
-                                                  const mk_dw_epilogue *ep, float *y,
+                                                  const mk_act_spec *ep, float *y,
                                                   const int KH, const int KW, const int64_t DW)
 {
     enum { V = 16 };
@@ -748,7 +659,7 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
 
 AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const float *w,
                                       int64_t w_stride, const float *bias, int64_t n_planes,
-                                      const dw_flat *f, const mk_dw_epilogue *ep, float *y,
+                                      const dw_flat *f, const mk_act_spec *ep, float *y,
                                       int64_t y_stride)
 {
     FLAT_PLANES(flat_avx512_body, 16);
@@ -767,7 +678,7 @@ enum { STRIDED_TABLE_MAX = 2048 };
 AVX512_TARGET ALWAYS_INLINE void strided_avx512_body(const float *x, const float *w, float bias,
                                                      const dw_strided *sg,
                                                      const uint32_t *table,
-                                                     const mk_dw_epilogue *ep, float *y,
+                                                     const mk_act_spec *ep, float *y,
                                                      const int KH, const int KW,
                                                      const int64_t DW)
 {
@@ -843,7 +754,7 @@ static bool strided_table(const dw_strided *sg, uint32_t *table)
 
 AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const float *w,
                                          int64_t w_stride, const float *bias, int64_t n_planes,
-                                         const dw_strided *sg, const mk_dw_epilogue *ep, float *y,
+                                         const dw_strided *sg, const mk_act_spec *ep, float *y,
                                          int64_t y_stride)
 {
     uint32_t table[STRIDED_TABLE_MAX];
@@ -865,14 +776,14 @@ AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const
 
 typedef void (*flat_fn)(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                         const float *bias, int64_t n_planes, const dw_flat *f,
-                        const mk_dw_epilogue *ep, float *y, int64_t y_stride);
+                        const mk_act_spec *ep, float *y, int64_t y_stride);
 
 static row_fn row_kernel = row_portable;
 static flat_fn flat_kernel = NULL; /* none portable: the row walk serves */
 /* Returns false when it cannot take the geometry (the row walk then does). */
 typedef bool (*strided_fn)(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                            const float *bias, int64_t n_planes, const dw_strided *sg,
-                           const mk_dw_epilogue *ep, float *y, int64_t y_stride);
+                           const mk_act_spec *ep, float *y, int64_t y_stride);
 static strided_fn strided_kernel = NULL; /* AVX-512 only */
 static pthread_once_t row_once = PTHREAD_ONCE_INIT;
 
@@ -916,7 +827,7 @@ static int live_rows(const float *x, const float *w, const mk_conv_geom *g, int6
 
 /* One plane by the row walk, row's horizontal geometry worked out. */
 static void plane_rows(const float *x, const float *w, float bias, const mk_conv_geom *g,
-                       const dw_row *row, const mk_dw_epilogue *ep, float *y)
+                       const dw_row *row, const mk_act_spec *ep, float *y)
 {
     const int64_t ow_n = g->iter[2];
     const row_fn kernel = row_kernel;
@@ -936,7 +847,7 @@ static void plane_rows(const float *x, const float *w, float bias, const mk_conv
                 ys[1] = ys[0] + ow_n;
             }
             if (n_rows == 0) {
-                const float v = act_scalar(bias, ep);
+                const float v = mk_act_scalar(bias, ep);
                 for (int64_t o = 0; o < nr * ow_n; o++) ys[0][o] = v;
             } else {
                 const float *const *xss[2] = {rows_x[0], rows_x[1]};
@@ -948,7 +859,7 @@ static void plane_rows(const float *x, const float *w, float bias, const mk_conv
 
 void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                          const float *bias, int64_t n_planes, const mk_conv_geom *g,
-                         const mk_dw_epilogue *ep, float *y, int64_t y_stride)
+                         const mk_act_spec *ep, float *y, int64_t y_stride)
 {
     const int64_t ow_n = g->iter[2], kw_n = g->kernel[2], tw = g->touch[2];
     if (kw_n > MAX_KW || g->kernel[0] * g->kernel[1] > MAX_ROWS) {

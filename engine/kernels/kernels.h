@@ -93,25 +93,32 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
                         float *y);
 
 /*
- * Direct depthwise convolution of one plane: y[iter grid] = act(bias + sum
- * over taps of w[tap] * x[touch grid]), taps in padding skipped row by row
- * and column ranges clipped, so dilated convs on small maps cost only the
- * taps that land.  The activation is applied as each vector is stored; act
- * is an mk_act (engine/mk.h) for which mk_depthwise_fuses_act holds, any
- * other is the caller's to apply.
+ * A fused activation: an mk_act (engine/mk.h) and its parameters.
+ * mk_act_span applies one in place over n floats with the widest vectors
+ * the CPU has, for the activations mk_act_span_supports (all that fuse but
+ * Sigmoid).
  */
-typedef struct mk_dw_epilogue {
+typedef struct mk_act_spec {
     int act; /* mk_act */
     float alpha, beta;
-} mk_dw_epilogue;
+} mk_act_spec;
 
-bool mk_depthwise_fuses_act(int act);
+bool mk_act_span_supports(int act);
+void mk_act_span(float *x, int64_t n, const mk_act_spec *a);
+
+/*
+ * Direct depthwise convolution: y[iter grid] = act(bias + sum over taps of
+ * w[tap] * x[touch grid]), taps in padding skipped row by row and column
+ * ranges clipped, so dilated convs on small maps cost only the taps that
+ * land.  The activation is applied as each vector is stored; it must be one
+ * mk_act_span_supports, any other is the caller's to apply.
+ */
 /* n_planes planes at once (the geometry worked out once): plane i reads
  * x + i * x_stride with weights w + i * w_stride and bias[i] (bias may be
  * NULL: 0) and writes y + i * y_stride. */
 void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                          const float *bias, int64_t n_planes, const mk_conv_geom *g,
-                         const mk_dw_epilogue *ep, float *y, int64_t y_stride);
+                         const mk_act_spec *ep, float *y, int64_t y_stride);
 
 /*
  * sgemm with A packed once (kernels/sgemm.c), for conv weights:

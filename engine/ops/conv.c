@@ -574,8 +574,8 @@ static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
     const conv_plan *p = job->p;
     /* The kernel stores through the activation when it can; the rest
      * (Sigmoid) runs over each plane while it is still in cache. */
-    const bool fused = mk_depthwise_fuses_act(job->act);
-    const mk_dw_epilogue ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
+    const bool fused = mk_act_span_supports(job->act);
+    const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
     /* Runs of output channels of one image: with one output per input
      * channel, plane it of x feeds plane it of y; otherwise one at a time. */
     for (int64_t it = begin; it < end;) {
