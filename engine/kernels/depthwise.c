@@ -183,6 +183,7 @@ static void row_portable(float *const *ys, const dw_row *g, const float *const *
  * input p + off[kh] + kw * dw. */
 typedef struct dw_flat {
     int64_t w, h, dw, kh_n, kw_n;
+    int64_t full_lo, full_hi; /* output rows where every kernel row lands */
     int64_t off[MAX_KW], row_lo[MAX_KW], row_hi[MAX_KW], col_lo[MAX_KW], col_hi[MAX_KW];
 } dw_flat;
 
@@ -233,6 +234,12 @@ static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
         mk_conv_tap_span(g, 1, k, &f->row_lo[k], &f->row_hi[k]);
     }
     for (int64_t k = 0; k < f->kw_n; k++) mk_conv_tap_span(g, 2, k, &f->col_lo[k], &f->col_hi[k]);
+    f->full_lo = 0;
+    f->full_hi = f->h;
+    for (int64_t k = 0; k < f->kh_n; k++) {
+        if (f->row_lo[k] > f->full_lo) f->full_lo = f->row_lo[k];
+        if (f->row_hi[k] < f->full_hi) f->full_hi = f->row_hi[k];
+    }
     return true;
 }
 
@@ -309,6 +316,51 @@ static inline void flat_vector_masks(const dw_flat *f, flat_cursor *cur, int64_t
  * they fit in FLAT_TABLE_MAX entries: computing them costs branches that
  * a small plane's few FMAs cannot hide, and they are the same for every
  * plane. */
+/* A plane too big for that table: the column masks of a vector starting at
+ * each output column (all V lanes, taps + 1 entries as above, the kernel
+ * rows' entries left to flat_masks_at), which is all a vector needs when
+ * every kernel row lands on its rows, as on all but a big plane's edge rows.
+ * False when there are no such rows or the table would not fit. */
+static bool flat_column_table(const dw_flat *f, int V, uint16_t *table)
+{
+    const int64_t kw_n = f->kw_n;
+    if (f->w < V || f->full_lo >= f->full_hi || f->w * (kw_n + 1) > FLAT_TABLE_MAX) return false;
+    uint32_t rows[MAX_KW], cols[MAX_KW];
+    const uint32_t full = bit_range(0, V);
+    for (int64_t ow = 0; ow < f->w; ow++, table += kw_n + 1) {
+        flat_masks(f, f->full_lo, ow, V, (int)f->kh_n, (int)kw_n, rows, cols);
+        uint32_t all = full;
+        for (int64_t k = 0; k < kw_n; k++) {
+            table[k] = (uint16_t)cols[k];
+            all &= cols[k];
+        }
+        table[kw_n] = all == full;
+    }
+    return true;
+}
+
+/* The masks of the vector of c outputs at the cursor, without a
+ * whole-plane table: from the column table when all its rows are full
+ * rows, else worked out; moves the cursor on. */
+static inline const uint16_t *flat_masks_at(const dw_flat *f, const uint16_t *columns,
+                                            flat_cursor *cur, int64_t c, int V, const int KH,
+                                            const int KW, uint16_t *local)
+{
+    const int T = KH * KW;
+    if (columns && c == V && cur->oh >= f->full_lo &&
+        cur->oh + (cur->ow + V > f->w) < f->full_hi) {
+        const uint16_t *cm = columns + cur->ow * (KW + 1);
+        for (cur->ow += V; cur->ow >= f->w; cur->ow -= f->w) cur->oh++;
+        local[T] = cm[KW];
+        if (!local[T])
+            for (int kh = 0; kh < KH; kh++)
+                for (int kw = 0; kw < KW; kw++) local[kh * KW + kw] = cm[kw];
+        return local;
+    }
+    flat_vector_masks(f, cur, c, V, KH, KW, local);
+    return local;
+}
+
 static bool flat_table(const dw_flat *f, int V, uint16_t *table)
 {
     const int64_t n = f->h * f->w, taps = f->kh_n * f->kw_n;
@@ -448,6 +500,7 @@ AVX2_TARGET static void row_avx2(float *const *ys, const dw_row *g, const float 
  * kernel rows go to two accumulators, two FMA chains in flight. */
 AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, float bias,
                                               const dw_flat *f, const uint16_t *table,
+                                              const uint16_t *columns,
                                               const mk_act_spec *ep, float *y, const int KH,
                                               const int KW, const int64_t dw)
 {
@@ -459,8 +512,8 @@ AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, fl
     flat_cursor cur = {0, 0};
     for (int64_t p0 = 0, v = 0; p0 < n; p0 += V, v++) {
         const int64_t c = n - p0 < V ? n - p0 : V;
-        const uint16_t *m = table ? table + v * (T + 1) : local;
-        if (!table) flat_vector_masks(f, &cur, c, V, KH, KW, local);
+        const uint16_t *m = table ? table + v * (T + 1)
+                                  : flat_masks_at(f, columns, &cur, c, V, KH, KW, local);
         __m256 a0 = vb, a1 = _mm256_setzero_ps();
         if (m[T]) {
 #define FLAT_ROW_AVX2(acc, kh)                                                                 \
@@ -498,16 +551,18 @@ AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, fl
     do {                                                                                      \
         uint16_t table[FLAT_TABLE_MAX];                                                       \
         const uint16_t *t = flat_table(f, V, table) ? table : NULL;                           \
+        const uint16_t *cols = !t && flat_column_table(f, V, table) ? table : NULL;           \
         for (int64_t i = 0; i < n_planes; i++) {                                              \
             const float *xi = x + i * x_stride, *wi = w + i * w_stride;                       \
             const float bi = bias ? bias[i] : 0.0f;                                           \
             float *yi = y + i * y_stride;                                                     \
             const int64_t kh = f->kh_n, kw = f->kw_n, dw = f->dw;                            \
-            if (kh == 3 && kw == 3 && dw == 1) body(xi, wi, bi, f, t, ep, yi, 3, 3, 1);       \
-            else if (kh == 3 && kw == 3) body(xi, wi, bi, f, t, ep, yi, 3, 3, dw);            \
-            else if (kh == 5 && kw == 5 && dw == 1) body(xi, wi, bi, f, t, ep, yi, 5, 5, 1);  \
-            else if (kh == 5 && kw == 5) body(xi, wi, bi, f, t, ep, yi, 5, 5, dw);            \
-            else body(xi, wi, bi, f, t, ep, yi, (int)kh, (int)kw, dw);                        \
+            if (kh == 3 && kw == 3 && dw == 1) body(xi, wi, bi, f, t, cols, ep, yi, 3, 3, 1); \
+            else if (kh == 3 && kw == 3) body(xi, wi, bi, f, t, cols, ep, yi, 3, 3, dw);      \
+            else if (kh == 5 && kw == 5 && dw == 1)                                           \
+                body(xi, wi, bi, f, t, cols, ep, yi, 5, 5, 1);                                \
+            else if (kh == 5 && kw == 5) body(xi, wi, bi, f, t, cols, ep, yi, 5, 5, dw);      \
+            else body(xi, wi, bi, f, t, cols, ep, yi, (int)kh, (int)kw, dw);                  \
         }                                                                                     \
     } while (0)
 
@@ -607,6 +662,7 @@ AVX512_TARGET static void row_avx512(float *const *ys, const dw_row *g, const fl
  * FMA; vectors whose taps all land skip the masks. */
 AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w, float bias,
                                                   const dw_flat *f, const uint16_t *table,
+                                                  const uint16_t *columns,
                                                   const mk_act_spec *ep, float *y,
                                                   const int KH, const int KW, const int64_t DW)
 {
@@ -622,8 +678,8 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
     flat_cursor cur = {0, 0};
     for (int64_t p0 = 0, v = 0; p0 < n; p0 += V, v++) {
         const int64_t c = n - p0 < V ? n - p0 : V;
-        const uint16_t *m = table ? table + v * (T + 1) : local;
-        if (!table) flat_vector_masks(f, &cur, c, V, KH, KW, local);
+        const uint16_t *m = table ? table + v * (T + 1)
+                                  : flat_masks_at(f, columns, &cur, c, V, KH, KW, local);
         const float *xp = x + p0;
         __m512 a0 = vb, a1 = _mm512_setzero_ps();
         if (m[T]) {
