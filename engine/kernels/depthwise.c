@@ -197,12 +197,22 @@ typedef struct dw_strided {
     int64_t row_off[MAX_KW], row_lo[MAX_KW], row_hi[MAX_KW];
 } dw_strided;
 
-static bool strided_geometry(const mk_conv_geom *g, dw_strided *sg)
+/* What the flat and strided walks take: one 2-D plane (no depth to walk),
+ * a kernel of at most FLAT_MAX_TAPS taps, MAX_KW a side; and the output
+ * rows [row_lo[k], row_hi[k]) each kernel row k lands for. */
+static bool plane_walkable(const mk_conv_geom *g, int64_t *row_lo, int64_t *row_hi)
 {
     if (g->kernel[0] != 1 || g->iter[0] != 1 || g->pad[0] != 0 || g->touch[0] < 1 ||
-        g->stride[2] != 2 || g->kernel[1] * g->kernel[2] > FLAT_MAX_TAPS ||
-        g->kernel[1] > MAX_KW || g->kernel[2] > MAX_KW)
+        g->kernel[1] * g->kernel[2] > FLAT_MAX_TAPS || g->kernel[1] > MAX_KW ||
+        g->kernel[2] > MAX_KW)
         return false;
+    for (int64_t k = 0; k < g->kernel[1]; k++) mk_conv_tap_span(g, 1, k, &row_lo[k], &row_hi[k]);
+    return true;
+}
+
+static bool strided_geometry(const mk_conv_geom *g, dw_strided *sg)
+{
+    if (g->stride[2] != 2 || !plane_walkable(g, sg->row_lo, sg->row_hi)) return false;
     sg->ow = g->iter[2];
     sg->h = g->iter[1];
     sg->tw = g->touch[2];
@@ -211,28 +221,21 @@ static bool strided_geometry(const mk_conv_geom *g, dw_strided *sg)
     sg->dw = g->dilation[2];
     sg->kh_n = g->kernel[1];
     sg->kw_n = g->kernel[2];
-    for (int64_t k = 0; k < sg->kh_n; k++) {
-        sg->row_off[k] = k * g->dilation[1] - g->pad[1];
-        mk_conv_tap_span(g, 1, k, &sg->row_lo[k], &sg->row_hi[k]);
-    }
+    for (int64_t k = 0; k < sg->kh_n; k++) sg->row_off[k] = k * g->dilation[1] - g->pad[1];
     return true;
 }
 
 static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
 {
-    if (g->kernel[0] != 1 || g->iter[0] != 1 || g->pad[0] != 0 || g->touch[0] < 1 ||
-        g->stride[1] != 1 || g->stride[2] != 1 || g->iter[2] != g->touch[2] ||
-        g->kernel[1] * g->kernel[2] > FLAT_MAX_TAPS)
+    if (g->stride[1] != 1 || g->stride[2] != 1 || g->iter[2] != g->touch[2] ||
+        !plane_walkable(g, f->row_lo, f->row_hi))
         return false;
     f->w = g->iter[2];
     f->h = g->iter[1];
     f->dw = g->dilation[2];
     f->kh_n = g->kernel[1];
     f->kw_n = g->kernel[2];
-    for (int64_t k = 0; k < f->kh_n; k++) {
-        f->off[k] = (k * g->dilation[1] - g->pad[1]) * f->w - g->pad[2];
-        mk_conv_tap_span(g, 1, k, &f->row_lo[k], &f->row_hi[k]);
-    }
+    for (int64_t k = 0; k < f->kh_n; k++) f->off[k] = (k * g->dilation[1] - g->pad[1]) * f->w - g->pad[2];
     for (int64_t k = 0; k < f->kw_n; k++) mk_conv_tap_span(g, 2, k, &f->col_lo[k], &f->col_hi[k]);
     f->full_lo = 0;
     f->full_hi = f->h;
@@ -258,6 +261,18 @@ static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
 enum { BLOCK_VECS = 4 };
+
+/* ROW(acc, kh) for kernel rows 0..KH-1, even rows into a0 and odd ones into
+ * a1: two FMA chains in flight instead of one. */
+#define EVEN_ODD_ROWS(ROW)                                                                     \
+    do {                                                                                       \
+        int kh_ = 0;                                                                           \
+        for (; kh_ + 1 < KH; kh_ += 2) {                                                       \
+            ROW(a0, kh_);                                                                      \
+            ROW(a1, kh_ + 1);                                                                  \
+        }                                                                                      \
+        if (kh_ < KH) ROW(a0, kh_);                                                            \
+    } while (0)
 
 /* Bits [lo, hi) of 32, clamped. */
 static inline uint32_t bit_range(int64_t lo, int64_t hi)
@@ -520,12 +535,7 @@ AVX2_TARGET ALWAYS_INLINE void flat_avx2_body(const float *x, const float *w, fl
     for (int kw = 0; kw < KW; kw++)                                                            \
         acc = _mm256_fmadd_ps(_mm256_set1_ps(w[(kh) * KW + kw]),                               \
                               _mm256_loadu_ps(x + p0 + f->off[kh] + kw * dw), acc)
-            int kh = 0;
-            for (; kh + 1 < KH; kh += 2) {
-                FLAT_ROW_AVX2(a0, kh);
-                FLAT_ROW_AVX2(a1, kh + 1);
-            }
-            if (kh < KH) FLAT_ROW_AVX2(a0, kh);
+            EVEN_ODD_ROWS(FLAT_ROW_AVX2);
 #undef FLAT_ROW_AVX2
             _mm256_storeu_ps(y + p0, act8(_mm256_add_ps(a0, a1), ep));
             continue;
@@ -686,12 +696,7 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
 #define FLAT_ROW(acc, kh)                                                                      \
     for (int kw = 0; kw < KW; kw++)                                                            \
         acc = _mm512_fmadd_ps(wv[(kh) * KW + kw], _mm512_loadu_ps(xp + off[kh] + kw * DW), acc)
-            int kh = 0;
-            for (; kh + 1 < KH; kh += 2) {
-                FLAT_ROW(a0, kh);
-                FLAT_ROW(a1, kh + 1);
-            }
-            if (kh < KH) FLAT_ROW(a0, kh);
+            EVEN_ODD_ROWS(FLAT_ROW);
 #undef FLAT_ROW
             _mm512_storeu_ps(y + p0, act16(_mm512_add_ps(a0, a1), ep));
             continue;
@@ -702,12 +707,7 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
                               _mm512_maskz_loadu_ps((__mmask16)m[(kh) * KW + kw],              \
                                                     xp + off[kh] + kw * DW),                   \
                               acc)
-        int kh = 0;
-        for (; kh + 1 < KH; kh += 2) {
-            FLAT_ROW(a0, kh);
-            FLAT_ROW(a1, kh + 1);
-        }
-        if (kh < KH) FLAT_ROW(a0, kh);
+        EVEN_ODD_ROWS(FLAT_ROW);
 #undef FLAT_ROW
         _mm512_mask_storeu_ps(y + p0, (__mmask16)bit_range(0, c), act16(_mm512_add_ps(a0, a1), ep));
     }
