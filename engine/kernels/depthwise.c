@@ -713,11 +713,112 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
     }
 }
 
+/*
+ * Undilated kernels on rows of 32 and more (AVX-512): the vectors of
+ * BAND_ROWS output rows below each other go together, so each input row
+ * vector loaded serves every output row it is a kernel row of (3x3: 18
+ * loads for 36 FMAs instead of 36), on the rows where every kernel row
+ * lands; other rows go one at a time.  Vectors stay inside a row here, so
+ * the column masks of a row's vectors are tabulated once per call.
+ */
+enum { BAND_ROWS = 4, BAND_MIN_WIDTH = 20, BAND_TABLE_MAX = 2048 };
+
+static bool band_table(const dw_flat *f, uint16_t *table)
+{
+    enum { V = 16 };
+    const int64_t kw_n = f->kw_n, n_vec = (f->w + V - 1) / V;
+    if (n_vec * (kw_n + 1) > BAND_TABLE_MAX) return false;
+    uint32_t rows[MAX_KW], cols[MAX_KW];
+    for (int64_t j = 0; j < n_vec; j++, table += kw_n + 1) {
+        const int64_t o = j * V, c = f->w - o < V ? f->w - o : V;
+        flat_masks(f, f->full_lo, o, c, (int)f->kh_n, (int)kw_n, rows, cols);
+        bool plain = c == V;
+        for (int64_t k = 0; k < kw_n; k++) {
+            table[k] = (uint16_t)cols[k];
+            plain = plain && cols[k] == 0xffff;
+        }
+        table[kw_n] = plain;
+    }
+    return true;
+}
+
+AVX512_TARGET ALWAYS_INLINE void band_avx512_body(const float *x, const float *w, float bias,
+                                                  const dw_flat *f, const uint16_t *table,
+                                                  const mk_act_spec *ep, float *y, const int KH,
+                                                  const int KW, const int D)
+{
+    enum { V = 16, R = BAND_ROWS };
+    const int64_t W = f->w, n_vec = (W + V - 1) / V;
+    const __m512 vb = _mm512_set1_ps(bias);
+    __m512 wv[FLAT_MAX_TAPS];
+    for (int t = 0; t < KH * KW; t++) wv[t] = _mm512_set1_ps(w[t]);
+    for (int64_t oh = 0; oh < f->h;) {
+        const bool band = oh >= f->full_lo && oh + R <= f->full_hi;
+        for (int64_t j = 0; j < n_vec; j++) {
+            const uint16_t *m = table + j * (KW + 1);
+            const int64_t o = j * V, c = W - o < V ? W - o : V;
+            const __mmask16 store = (__mmask16)bit_range(0, c);
+            if (band) {
+                /* Input row i of the band is kernel row (i - r) / D of output row r
+                 * when D divides i - r. */
+                const float *xb = x + oh * W + o + f->off[0];
+                __m512 acc[R];
+                for (int r = 0; r < R; r++) acc[r] = vb;
+#define BAND_TAPS(LOAD)                                                                        \
+    _Pragma("GCC unroll 16") for (int i = 0; i < R + (KH - 1) * D; i++)                        \
+    _Pragma("GCC unroll 8") for (int kw = 0; kw < KW; kw++) {                                  \
+        const float *p = xb + i * W + kw * D;                                                  \
+        const __m512 t = LOAD;                                                                 \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
+            if (i - r >= 0 && (i - r) % D == 0 && (i - r) / D < KH)                            \
+                acc[r] = _mm512_fmadd_ps(wv[(i - r) / D * KW + kw], t, acc[r]);                \
+    }
+                if (m[KW]) {
+                    BAND_TAPS(_mm512_loadu_ps(p))
+                } else {
+                    BAND_TAPS(_mm512_maskz_loadu_ps((__mmask16)m[kw], p))
+                }
+#undef BAND_TAPS
+                for (int r = 0; r < R; r++)
+                    _mm512_mask_storeu_ps(y + (oh + r) * W + o, store, act16(acc[r], ep));
+            } else {
+                __m512 a0 = vb;
+                for (int kh = 0; kh < KH; kh++) {
+                    if (oh < f->row_lo[kh] || oh >= f->row_hi[kh]) continue;
+                    const float *p = x + oh * W + o + f->off[kh];
+                    for (int kw = 0; kw < KW; kw++)
+                        a0 = _mm512_fmadd_ps(wv[kh * KW + kw],
+                                             _mm512_maskz_loadu_ps((__mmask16)m[kw], p + kw * D),
+                                             a0);
+                }
+                _mm512_mask_storeu_ps(y + oh * W + o, store, act16(a0, ep));
+            }
+        }
+        oh += band ? R : 1;
+    }
+}
+
 AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const float *w,
                                       int64_t w_stride, const float *bias, int64_t n_planes,
                                       const dw_flat *f, const mk_act_spec *ep, float *y,
                                       int64_t y_stride)
 {
+    /* 3x3 undilated or dilated 2 (both ways), 5x5 undilated. */
+    const int64_t kh = f->kh_n, kw = f->kw_n, d = f->dw;
+    uint16_t band[BAND_TABLE_MAX];
+    if (kh == kw && (kh == 3 || (kh == 5 && d == 1)) && (d == 1 || d == 2) &&
+        f->off[1] - f->off[0] == d * f->w && f->w >= BAND_MIN_WIDTH &&
+        f->full_hi - f->full_lo >= BAND_ROWS && band_table(f, band)) {
+        for (int64_t i = 0; i < n_planes; i++) {
+            const float *xi = x + i * x_stride, *wi = w + i * w_stride;
+            const float bi = bias ? bias[i] : 0.0f;
+            float *yi = y + i * y_stride;
+            if (kh == 5) band_avx512_body(xi, wi, bi, f, band, ep, yi, 5, 5, 1);
+            else if (d == 1) band_avx512_body(xi, wi, bi, f, band, ep, yi, 3, 3, 1);
+            else band_avx512_body(xi, wi, bi, f, band, ep, yi, 3, 3, 2);
+        }
+        return;
+    }
     FLAT_PLANES(flat_avx512_body, 16);
 }
 #undef FLAT_PLANES

@@ -675,6 +675,27 @@ static void depthwise_square_cases(mk_pool *pool)
                 run_conv_case(&cc, pool);
                 count++;
             }
+    /* The banded rows (AVX-512): 3x3 undilated and dilated 2, 5x5, on maps
+     * from one vector and a remainder wide to several. */
+    static const int64_t band[][2] = {{3, 1}, {3, 2}, {5, 1}};
+    static const int64_t band_sizes[] = {20, 24, 37, 64};
+    for (size_t bi = 0; bi < sizeof band / sizeof band[0]; bi++)
+        for (size_t si = 0; si < sizeof band_sizes / sizeof band_sizes[0]; si++) {
+            conv_case cc;
+            memset(&cc, 0, sizeof cc);
+            cc.rank = 2, cc.n = 1, cc.c = cc.group = cc.m = rnd(1, 3);
+            cc.in[0] = band_sizes[si] + rnd(0, 7), cc.in[1] = band_sizes[si];
+            cc.k[0] = cc.k[1] = band[bi][0];
+            cc.s[0] = cc.s[1] = 1;
+            cc.d[0] = cc.d[1] = band[bi][1];
+            cc.has_pads = true;
+            for (int i = 0; i < 4; i++) cc.pads[i] = (band[bi][0] - 1) * band[bi][1] / 2;
+            cc.bias = true;
+            cc.w_const = true;
+            cc.act = random_act();
+            run_conv_case(&cc, pool);
+            count++;
+        }
     printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise square", count,
            failed - before, mk_isa_name(mk_cpu_level()));
 }
