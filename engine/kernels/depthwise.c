@@ -929,6 +929,73 @@ AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const
 }
 #undef ROW_DISPATCH
 #undef ROW_BODY_NR
+
+/*
+ * Few input channels, stride 2 (a network's stem: 3 -> 16 or 32, 3x3): the
+ * strided walk with every output channel of a block at once.  Each tap's
+ * input vector (two loads and a permute) feeds STEM_BLOCK FMAs, one per
+ * output channel, where im2col + sgemm had a K of 27 to amortise its
+ * packing over.  Weights are reordered [c][tap][m] so a tap's channel
+ * weights are consecutive broadcasts.
+ */
+enum { STEM_BLOCK = 16 };
+
+AVX512_TARGET ALWAYS_INLINE void stem_avx512_body(const float *x, int64_t s_in, const int CIN,
+                                                  const float *wt, const float *bias, int64_t mb,
+                                                  const dw_strided *sg, const uint32_t *table,
+                                                  const mk_act_spec *ep, float *y, int64_t s_out,
+                                                  int64_t oh0, int64_t oh1, const int KH,
+                                                  const int KW)
+{
+    enum { V = 16, M = STEM_BLOCK };
+    const int64_t ow = sg->ow, n_vec = (ow + V - 1) / V, tw = sg->tw, dw = sg->dw;
+    const int taps = KH * KW;
+    __m512 vbias[M];
+    for (int j = 0; j < M; j++) vbias[j] = _mm512_set1_ps(j < mb && bias ? bias[j] : 0.0f);
+    for (int64_t oh = oh0; oh < oh1; oh++) {
+        bool live[MAX_KW];
+        for (int kh = 0; kh < KH; kh++) live[kh] = oh >= sg->row_lo[kh] && oh < sg->row_hi[kh];
+        for (int64_t v = 0; v < n_vec; v++) {
+            const uint32_t *m = table + v * (KW + 1);
+            const int64_t o = v * V, c = ow - o < V ? ow - o : V;
+            __m512 acc[M];
+            _Pragma("GCC unroll 16") for (int j = 0; j < M; j++) acc[j] = vbias[j];
+            const bool plain = m[KW];
+            for (int ci = 0; ci < CIN; ci++) {
+                const float *xr = x + ci * s_in + (oh * sg->sh) * tw + o * 2 - sg->pw;
+                for (int kh = 0; kh < KH; kh++) {
+                    if (!live[kh]) continue;
+                    const float *p = xr + sg->row_off[kh] * tw;
+                    for (int kw = 0; kw < KW; kw++) {
+                        const float *q = p + kw * dw;
+                        const __m512 t = plain ? even16(_mm512_loadu_ps(q), _mm512_loadu_ps(q + V))
+                                               : load16_masked(q, 2, (__mmask16)(m[kw] & 0xffff),
+                                                               (__mmask16)(m[kw] >> 16));
+                        const float *wk = wt + (ci * taps + kh * KW + kw) * M;
+                        _Pragma("GCC unroll 16") for (int j = 0; j < M; j++)
+                            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(wk[j]), t, acc[j]);
+                    }
+                }
+            }
+            const __mmask16 store = (__mmask16)bit_range(0, c);
+            _Pragma("GCC unroll 16") for (int j = 0; j < M; j++)
+                if (j < mb) _mm512_mask_storeu_ps(y + j * s_out + oh * ow + o, store, act16(acc[j], ep));
+        }
+    }
+}
+
+AVX512_TARGET static void stem_avx512_rows(const float *x, int64_t s_in, int64_t cin,
+                                           const float *wt, const float *bias, int64_t mb,
+                                           const dw_strided *sg, const uint32_t *table,
+                                           const mk_act_spec *ep, float *y, int64_t s_out,
+                                           int64_t oh0, int64_t oh1)
+{
+    if (cin == 3 && sg->kh_n == 3 && sg->kw_n == 3)
+        stem_avx512_body(x, s_in, 3, wt, bias, mb, sg, table, ep, y, s_out, oh0, oh1, 3, 3);
+    else
+        stem_avx512_body(x, s_in, (int)cin, wt, bias, mb, sg, table, ep, y, s_out, oh0, oh1,
+                         (int)sg->kh_n, (int)sg->kw_n);
+}
 #endif
 
 typedef void (*flat_fn)(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
@@ -1051,4 +1118,41 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
     for (int64_t i = 0; i < n_planes; i++)
         plane_rows(x + i * x_stride, w + i * w_stride, bias ? bias[i] : 0.0f, g, &row, ep,
                    y + i * y_stride);
+}
+
+/* ---- few input channels (stem) --------------------------------------------- */
+
+bool mk_stem_conv_takes(const mk_conv_geom *g, int64_t cin, int64_t cout)
+{
+    dw_strided sg;
+    uint32_t table[STRIDED_TABLE_MAX];
+    pthread_once(&row_once, pick_row_kernel);
+    return strided_kernel != NULL && cin >= 1 && cin <= MK_STEM_MAX_CIN && cout >= 1 &&
+           g->stride[1] == 2 && strided_geometry(g, &sg) && strided_table(&sg, table);
+}
+
+void mk_stem_conv_rows(const float *x, int64_t s_in, int64_t cin, const float *w,
+                       const float *bias, int64_t cout, const mk_conv_geom *g,
+                       const mk_act_spec *ep, float *y, int64_t s_out, int64_t oh0, int64_t oh1)
+{
+#ifdef MK_DW_X86
+    dw_strided sg;
+    uint32_t table[STRIDED_TABLE_MAX];
+    if (!strided_geometry(g, &sg) || !strided_table(&sg, table)) return; /* see mk_stem_conv_takes */
+    const int64_t taps = sg.kh_n * sg.kw_n;
+    float wt[MK_STEM_MAX_CIN * FLAT_MAX_TAPS * STEM_BLOCK];
+    for (int64_t m0 = 0; m0 < cout; m0 += STEM_BLOCK) {
+        const int64_t mb = cout - m0 < STEM_BLOCK ? cout - m0 : STEM_BLOCK;
+        for (int64_t ci = 0; ci < cin; ci++)
+            for (int64_t t = 0; t < taps; t++)
+                for (int64_t j = 0; j < STEM_BLOCK; j++)
+                    wt[(ci * taps + t) * STEM_BLOCK + j] =
+                        j < mb ? w[((m0 + j) * cin + ci) * taps + t] : 0.0f;
+        stem_avx512_rows(x, s_in, cin, wt, bias ? bias + m0 : NULL, mb, &sg, table, ep,
+                         y + m0 * s_out, s_out, oh0, oh1);
+    }
+#else
+    (void)x, (void)s_in, (void)cin, (void)w, (void)bias, (void)cout, (void)g, (void)ep;
+    (void)y, (void)s_out, (void)oh0, (void)oh1;
+#endif
 }

@@ -121,6 +121,20 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
                          const mk_act_spec *ep, float *y, int64_t y_stride);
 
 /*
+ * A conv with few input channels and stride 2 (a network's stem), direct:
+ * output rows [oh0, oh1) of every output channel, weights in ONNX's
+ * [cout][cin][taps] order, the activation applied as for the depthwise
+ * kernel.  Only where mk_stem_conv_takes the geometry (AVX-512, 2-D, stride
+ * 2 both ways, at most MK_STEM_MAX_CIN input channels).
+ */
+enum { MK_STEM_MAX_CIN = 4 };
+bool mk_stem_conv_takes(const mk_conv_geom *g, int64_t cin, int64_t cout);
+void mk_stem_conv_rows(const float *x, int64_t s_in, int64_t cin, const float *w,
+                       const float *bias, int64_t cout, const mk_conv_geom *g,
+                       const mk_act_spec *ep, float *y, int64_t s_out, int64_t oh0,
+                       int64_t oh1);
+
+/*
  * sgemm with A packed once (kernels/sgemm.c), for conv weights:
  *     C[m0, m0 + mn) x [0, n) = (accumulate ? C : 0) + A[m0.., k0..k0+kn) B
  * then the epilogue, B being kn x n.  A is packed into panels of

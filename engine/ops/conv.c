@@ -55,6 +55,8 @@ enum { MAX_ZONES = 17, MAX_ZONED_KERNEL = 8, DIRECT_ZONE_TILE = 256 };
 /* Channels per sgemm call of a direct zone tile: 128 planes of a small map
  * stay in L2 for all the taps (see direct_zone_gemm). */
 enum { DIRECT_CHANNEL_BLOCK = 128 };
+/* Output rows per item of a stem conv (ALGO_STEM). */
+enum { STEM_ROWS = 4 };
 
 typedef struct conv_attrs {
     bool transpose;
@@ -74,7 +76,13 @@ typedef struct conv_state {
     int64_t packed_numel;
 } conv_state;
 
-typedef enum conv_algo { ALGO_DEPTHWISE, ALGO_POINTWISE, ALGO_IM2COL, ALGO_TRANSPOSE } conv_algo;
+typedef enum conv_algo {
+    ALGO_DEPTHWISE,
+    ALGO_POINTWISE,
+    ALGO_IM2COL,
+    ALGO_TRANSPOSE,
+    ALGO_STEM, /* few input channels, stride 2: kernels' mk_stem_conv_rows */
+} conv_algo;
 
 typedef struct conv_plan {
     conv_algo algo;
@@ -492,6 +500,15 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         p->algo = ALGO_DEPTHWISE;
         return MASKD_OK;
     }
+    /* A network's stem (3 -> 16 or 32, stride 2) goes direct: items are
+     * blocks of STEM_ROWS output rows with every output channel. */
+    if (p->group == 1 && mk_stem_conv_takes(g, p->cin_g, p->cout_g)) {
+        p->algo = ALGO_STEM;
+        p->tile = STEM_ROWS;
+        p->n_tiles = mk_ceil_div(g->iter[1], STEM_ROWS);
+        p->n_mchunks = 1;
+        return MASKD_OK;
+    }
     if (unit) {
         p->algo = ALGO_POINTWISE;
         split_work(p, p->s_out, p->cout_g * (int64_t)sizeof(float), outer, p->cout_g);
@@ -589,6 +606,26 @@ static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
                             p->s_out);
         if (!fused) mk_apply_act(y, run * p->s_out, job->act, job->act_alpha, job->act_beta);
         it += run;
+    }
+}
+
+/* Stem items: output rows [t * tile, ...) of image n, all channels. */
+static void stem_items(const conv_job *job, int64_t begin, int64_t end)
+{
+    const conv_plan *p = job->p;
+    const bool fused = mk_act_span_supports(job->act);
+    const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
+    const int64_t rows = p->geom.iter[1], width = p->geom.iter[2];
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t n = it / p->n_tiles, oh0 = it % p->n_tiles * p->tile;
+        const int64_t oh1 = oh0 + p->tile < rows ? oh0 + p->tile : rows;
+        float *y = job->y + n * p->c_out * p->s_out;
+        mk_stem_conv_rows(job->x + n * p->c_in * p->s_in, p->s_in, p->cin_g, job->w, job->bias,
+                          p->c_out, &p->geom, &ep, y, p->s_out, oh0, oh1);
+        if (!fused)
+            for (int64_t m = 0; m < p->c_out; m++)
+                mk_apply_act(y + m * p->s_out + oh0 * width, (oh1 - oh0) * width, job->act,
+                             job->act_alpha, job->act_beta);
     }
 }
 
@@ -831,6 +868,7 @@ static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
     case ALGO_POINTWISE:
     case ALGO_IM2COL: gemm_items(job, begin, end, slot); break;
     case ALGO_TRANSPOSE: transpose_items(job, begin, end, slot); break;
+    case ALGO_STEM: stem_items(job, begin, end); break;
     }
 }
 

@@ -700,6 +700,43 @@ static void depthwise_square_cases(mk_pool *pool)
            failed - before, mk_isa_name(mk_cpu_level()));
 }
 
+/* Stems: few input channels, stride 2 (kernels' mk_stem_conv_rows on
+ * AVX-512), output channels across a block of 16 and a remainder, kernels
+ * 1 to 7, dilated, any padding, every fused activation. */
+static void stem_cases(mk_pool *pool)
+{
+    int before = failed, count = 0;
+    for (int i = 0; i < 60; i++) {
+        conv_case cc;
+        memset(&cc, 0, sizeof cc);
+        cc.rank = 2;
+        cc.n = rnd(1, 2);
+        cc.c = rnd(1, 4);
+        cc.group = 1;
+        cc.m = rng() % 3 == 0 ? 16 : rnd(1, 40);
+        for (int d = 0; d < 2; d++) {
+            cc.in[d] = rnd(1, 70);
+            cc.k[d] = rnd(1, 7);
+            cc.s[d] = 2;
+            cc.d[d] = rng() % 4 == 0 ? 2 : 1;
+        }
+        cc.has_pads = true;
+        for (int d = 0; d < 2; d++) {
+            const int64_t eff = (cc.k[d] - 1) * cc.d[d] + 1;
+            cc.pads[d] = rnd(0, eff - 1), cc.pads[d + 2] = rnd(0, eff - 1);
+            const int64_t padded = cc.in[d] + cc.pads[d] + cc.pads[d + 2];
+            if (padded < eff) cc.pads[d + 2] += eff - padded;
+        }
+        cc.bias = rng() % 3 != 0;
+        cc.w_const = rng() % 3 != 0;
+        cc.act = random_act();
+        run_conv_case(&cc, pool);
+        count++;
+    }
+    printf("%-16s %d cases, %d failed (cpu level %s)\n", "stem", count, failed - before,
+           mk_isa_name(mk_cpu_level()));
+}
+
 /* Deterministic cases for the corners random draws may miss. */
 static void fixed_conv_cases(mk_pool *pool)
 {
@@ -982,6 +1019,7 @@ int main(int argc, char **argv)
     fixed_conv_cases(pool);
     depthwise_wide_cases(pool);
     depthwise_square_cases(pool);
+    stem_cases(pool);
     for (int kind = 0; kind < K_KINDS; kind++) {
         int before = failed;
         for (int i = 0; i < per_kind; i++) {
