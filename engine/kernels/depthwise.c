@@ -25,9 +25,20 @@
  *             is one long row and a vector of outputs may span several
  *             output rows: a 7x7 map is four vectors, not seven short rows.
  *             Padding is a per-vector mask, the lanes whose row and column
- *             the tap lands in.
+ *             the tap lands in.  On avx512, undilated (or dilated 2) 3x3 and
+ *             5x5 kernels on rows of 20 and more go in bands of four output
+ *             rows instead, each input vector serving every output row it
+ *             is a kernel row of.
+ *   strided   (avx512) stride 2 across: the row walk with column masks
+ *             tabulated once per call and constant loops on full rows.
  *
- * The fused activation (all but Sigmoid) is applied as each vector is stored.
+ * Planes come in runs (mk_depthwise_planes) so the geometry and mask tables
+ * are worked out once per run, not per plane.  The fused activation (all but
+ * Sigmoid, act_simd.h) is applied as each vector is stored.
+ *
+ * The strided walk also serves convs with a few input channels and stride 2
+ * (a network's stem, mk_stem_conv_rows): every output channel of a block at
+ * once, each tap's input vector feeding one FMA per output channel.
  */
 #include <pthread.h>
 #include <stdbool.h>
