@@ -564,6 +564,51 @@ static bool fusable_output_is_float(const maskd_model *m, const mk_node *n)
     return false;
 }
 
+/* The nodes reading value v (each once), up to cap; returns how many there
+ * are. */
+static int consumers(const maskd_model *m, const bool *dead, int v, int *out, int cap)
+{
+    int found = 0;
+    for (int k = 0; k < m->n_nodes; k++) {
+        if (dead[k]) continue;
+        for (int i = 0; i < m->nodes[k].n_inputs; i++)
+            if (m->nodes[k].inputs[i] == v) {
+                if (found < cap) out[found] = k;
+                found++;
+                break;
+            }
+    }
+    return found;
+}
+
+/* y * HardSigmoid(y) with HardSwish's constants (1/6, 1/2) as y's only
+ * readers: how exporters write HardSwish before opset 14 (torchvision's
+ * MobileNetV3 at opset 13).  On a match, the two nodes and true. */
+static bool hard_swish_pair(const maskd_model *m, const bool *dead, int y, int *hs, int *mul)
+{
+    int r[2];
+    if (consumers(m, dead, y, r, 2) != 2) return false;
+    for (int j = 0; j < 2; j++) {
+        const mk_node *h = &m->nodes[r[j]], *x = &m->nodes[r[1 - j]];
+        if (!is_op(h, "HardSigmoid") || h->n_inputs != 1 || h->inputs[0] != y ||
+            h->n_outputs != 1 || h->outputs[0] < 0)
+            continue;
+        if (fabsf(mk_attr_float(h, "alpha", 0.2f) - 1.0f / 6.0f) > 1e-7f ||
+            mk_attr_float(h, "beta", 0.5f) != 0.5f)
+            continue;
+        const int hv = h->outputs[0];
+        if (m->values[hv].is_graph_output || sole_consumer(m, dead, hv) != r[1 - j]) continue;
+        if (!is_op(x, "Mul") || x->n_inputs != 2 || x->n_outputs != 1 || x->outputs[0] < 0)
+            continue;
+        if (!((x->inputs[0] == y && x->inputs[1] == hv) || (x->inputs[0] == hv && x->inputs[1] == y)))
+            continue;
+        *hs = r[j];
+        *mul = r[1 - j];
+        return true;
+    }
+    return false;
+}
+
 static void pass_fuse_activation(maskd_model *m, bool *dead)
 {
     for (int k = 0; k < m->n_nodes; k++) {
@@ -574,6 +619,14 @@ static void pass_fuse_activation(maskd_model *m, bool *dead)
         int y = n->outputs[0];
         if (extra || y < 0 || m->values[y].is_graph_output) continue;
         if (!fusable_output_is_float(m, n)) continue;
+        int hs, mul;
+        if (hard_swish_pair(m, dead, y, &hs, &mul)) {
+            n->act = MK_ACT_HARD_SWISH;
+            n->act_alpha = n->act_beta = 0.0f;
+            n->outputs[0] = m->nodes[mul].outputs[0];
+            dead[hs] = dead[mul] = true;
+            continue;
+        }
         int a = sole_consumer(m, dead, y);
         if (a < 0) continue;
         mk_node *an = &m->nodes[a];

@@ -93,13 +93,46 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
                         float *y);
 
 /*
- * Direct depthwise convolution of one plane: y[iter grid] = bias + sum over
- * taps of w[tap] * x[touch grid], taps in padding skipped row by row and
- * column ranges clipped, so dilated convs on small maps cost only the taps
- * that land.  No activation (the caller's epilogue does it).
+ * A fused activation: an mk_act (engine/mk.h) and its parameters.
+ * mk_act_span applies one in place over n floats with the widest vectors
+ * the CPU has, for the activations mk_act_span_supports (all that fuse but
+ * Sigmoid).
  */
-void mk_depthwise_plane(const float *x, const float *w, float bias,
-                        const mk_conv_geom *g, float *y);
+typedef struct mk_act_spec {
+    int act; /* mk_act */
+    float alpha, beta;
+} mk_act_spec;
+
+bool mk_act_span_supports(int act);
+void mk_act_span(float *x, int64_t n, const mk_act_spec *a);
+
+/*
+ * Direct depthwise convolution: y[iter grid] = act(bias + sum over taps of
+ * w[tap] * x[touch grid]), taps in padding skipped row by row and column
+ * ranges clipped, so dilated convs on small maps cost only the taps that
+ * land.  The activation is applied as each vector is stored; it must be one
+ * mk_act_span_supports, any other is the caller's to apply.
+ */
+/* n_planes planes at once (the geometry worked out once): plane i reads
+ * x + i * x_stride with weights w + i * w_stride and bias[i] (bias may be
+ * NULL: 0) and writes y + i * y_stride. */
+void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
+                         const float *bias, int64_t n_planes, const mk_conv_geom *g,
+                         const mk_act_spec *ep, float *y, int64_t y_stride);
+
+/*
+ * A conv with few input channels and stride 2 (a network's stem), direct:
+ * output rows [oh0, oh1) of every output channel, weights in ONNX's
+ * [cout][cin][taps] order, the activation applied as for the depthwise
+ * kernel.  Only where mk_stem_conv_takes the geometry (AVX-512, 2-D, stride
+ * 2 both ways, at most MK_STEM_MAX_CIN input channels).
+ */
+enum { MK_STEM_MAX_CIN = 4 };
+bool mk_stem_conv_takes(const mk_conv_geom *g, int64_t cin, int64_t cout);
+void mk_stem_conv_rows(const float *x, int64_t s_in, int64_t cin, const float *w,
+                       const float *bias, int64_t cout, const mk_conv_geom *g,
+                       const mk_act_spec *ep, float *y, int64_t s_out, int64_t oh0,
+                       int64_t oh1);
 
 /*
  * sgemm with A packed once (kernels/sgemm.c), for conv weights:

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "../kernels/kernels.h"
 
 typedef enum unary_kind {
     U_RELU,
@@ -351,6 +352,11 @@ static void int_type_range(maskd_dtype t, int64_t *lo_s, int64_t *hi_s, uint64_t
 
 void mk_apply_act(float *x, int64_t n, mk_act act, float alpha, float beta)
 {
+    if (mk_act_span_supports(act)) {
+        const mk_act_spec a = {act, alpha, beta};
+        mk_act_span(x, n, &a);
+        return;
+    }
     unary_params p = {.alpha = alpha, .beta = beta};
     switch (act) {
     case MK_ACT_NONE: return;

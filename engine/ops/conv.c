@@ -3,6 +3,8 @@
  *
  * Conv picks one of these algorithms per node and shape:
  *   depthwise  one input channel per group: a direct kernel (kernels/depthwise.c)
+ *   stem       a network's first conv (few input channels, stride 2): direct,
+ *              many output channels per input load (mk_stem_conv_rows)
  *   pointwise  1x1, stride 1, no padding: sgemm straight on the input
  *   winograd   3x3 stride 1, one group, dilation up to 4, where it saves enough
  *              multiply-adds over im2col (kernels/winograd.c, see winograd_pays)
@@ -60,6 +62,8 @@ enum { MAX_ZONES = 17, MAX_ZONED_KERNEL = 8, DIRECT_ZONE_TILE = 256 };
 /* Channels per sgemm call of a direct zone tile: 128 planes of a small map
  * stay in L2 for all the taps (see direct_zone_gemm). */
 enum { DIRECT_CHANNEL_BLOCK = 128 };
+/* Output rows per item of a stem conv (ALGO_STEM). */
+enum { STEM_ROWS = 4 };
 
 typedef struct conv_attrs {
     bool transpose;
@@ -95,6 +99,7 @@ typedef enum conv_algo {
     ALGO_IM2COL,
     ALGO_TRANSPOSE,
     ALGO_WINOGRAD,
+    ALGO_STEM, /* few input channels, stride 2: kernels' mk_stem_conv_rows */
 } conv_algo;
 
 typedef struct conv_plan {
@@ -719,6 +724,15 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
         p->algo = ALGO_DEPTHWISE;
         return MASKD_OK;
     }
+    /* A network's stem (3 -> 16 or 32, stride 2) goes direct: items are
+     * blocks of STEM_ROWS output rows with every output channel. */
+    if (p->group == 1 && mk_stem_conv_takes(g, p->cin_g, p->cout_g)) {
+        p->algo = ALGO_STEM;
+        p->tile = STEM_ROWS;
+        p->n_tiles = mk_ceil_div(g->iter[1], STEM_ROWS);
+        p->n_mchunks = 1;
+        return MASKD_OK;
+    }
     if (!unit && winograd_pays(node->state, w, p)) {
         plan_winograd(p);
         return MASKD_OK;
@@ -804,14 +818,43 @@ static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
 static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
 {
     const conv_plan *p = job->p;
-    for (int64_t it = begin; it < end; it++) {
+    /* The kernel stores through the activation when it can; the rest
+     * (Sigmoid) runs over each plane while it is still in cache. */
+    const bool fused = mk_act_span_supports(job->act);
+    const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
+    /* Runs of output channels of one image: with one output per input
+     * channel, plane it of x feeds plane it of y; otherwise one at a time. */
+    for (int64_t it = begin; it < end;) {
         const int64_t n = it / p->c_out, oc = it % p->c_out;
         const int64_t g = oc / p->cout_g; /* its only input channel */
+        const int64_t image_end = (n + 1) * p->c_out < end ? (n + 1) * p->c_out : end;
+        const int64_t run = p->cout_g == 1 ? image_end - it : 1;
         float *y = job->y + it * p->s_out;
-        mk_depthwise_plane(job->x + (n * p->c_in + g) * p->s_in, job->w + oc * p->taps,
-                           job->bias ? job->bias[oc] : 0.0f, &p->geom, y);
-        if (job->act != MK_ACT_NONE)
-            mk_apply_act(y, p->s_out, job->act, job->act_alpha, job->act_beta);
+        mk_depthwise_planes(job->x + (n * p->c_in + g) * p->s_in, p->s_in, job->w + oc * p->taps,
+                            p->taps, job->bias ? job->bias + oc : NULL, run, &p->geom, &ep, y,
+                            p->s_out);
+        if (!fused) mk_apply_act(y, run * p->s_out, job->act, job->act_alpha, job->act_beta);
+        it += run;
+    }
+}
+
+/* Stem items: output rows [t * tile, ...) of image n, all channels. */
+static void stem_items(const conv_job *job, int64_t begin, int64_t end)
+{
+    const conv_plan *p = job->p;
+    const bool fused = mk_act_span_supports(job->act);
+    const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
+    const int64_t rows = p->geom.iter[1], width = p->geom.iter[2];
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t n = it / p->n_tiles, oh0 = it % p->n_tiles * p->tile;
+        const int64_t oh1 = oh0 + p->tile < rows ? oh0 + p->tile : rows;
+        float *y = job->y + n * p->c_out * p->s_out;
+        mk_stem_conv_rows(job->x + n * p->c_in * p->s_in, p->s_in, p->cin_g, job->w, job->bias,
+                          p->c_out, &p->geom, &ep, y, p->s_out, oh0, oh1);
+        if (!fused)
+            for (int64_t m = 0; m < p->c_out; m++)
+                mk_apply_act(y + m * p->s_out + oh0 * width, (oh1 - oh0) * width, job->act,
+                             job->act_alpha, job->act_beta);
     }
 }
 
@@ -1223,6 +1266,7 @@ static void conv_items(void *arg, int64_t begin, int64_t end, int slot)
     case ALGO_IM2COL: gemm_items(job, begin, end, slot); break;
     case ALGO_TRANSPOSE: transpose_items(job, begin, end, slot); break;
     case ALGO_WINOGRAD: winograd_items(job, begin, end, slot); break;
+    case ALGO_STEM: stem_items(job, begin, end); break;
     }
 }
 

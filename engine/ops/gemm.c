@@ -85,7 +85,17 @@ static void sgemm_block(const gemm_problem *g, int64_t i)
         }
         beta = 1.0f;
     }
-    if (g->k > 0) {
+    if (g->k > 0 && m == 1) {
+        /* One row (a classifier's Linear on one image): sgemv streams B
+         * once, where sgemm would first pack all of it. */
+        const int incx = g->trans_a ? (int)g->lda : 1;
+        if (g->trans_b)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)g->k, g->alpha, b, (int)g->ldb,
+                        a, incx, beta, c, 1);
+        else
+            cblas_sgemv(CblasRowMajor, CblasTrans, (int)g->k, (int)n, g->alpha, b, (int)g->ldb,
+                        a, incx, beta, c, 1);
+    } else if (g->k > 0) {
         cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans,
                     g->trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)g->k, g->alpha,
                     a, (int)g->lda, b, (int)g->ldb, beta, c, (int)g->ldc);

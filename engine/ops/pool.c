@@ -560,9 +560,18 @@ static void global_planes(void *arg, int64_t begin, int64_t end, int slot)
             r = n > 0 ? x[0] : -FLT_MAX;
             for (int64_t i = 1; i < n; i++) r = x[i] > r ? x[i] : r;
         } else if (job->kind == POOL_AVG) {
-            /* Double keeps the mean exact enough over very large planes. */
-            double s = 0.0;
-            for (int64_t i = 0; i < n; i++) s += x[i];
+            /* Double keeps the mean exact enough over very large planes;
+             * eight independent sums, which the compiler keeps in vector
+             * lanes, instead of one chain of dependent adds (an SE block's
+             * pool was a latency-bound pass over the map). */
+            enum { LANES = 8 };
+            double part[LANES] = {0};
+            int64_t i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int j = 0; j < LANES; j++) part[j] += x[i + j];
+            double s = ((part[0] + part[1]) + (part[2] + part[3])) +
+                       ((part[4] + part[5]) + (part[6] + part[7]));
+            for (; i < n; i++) s += x[i];
             r = n > 0 ? (float)(s / (double)n) : 0.0f;
         } else {
             float acc = 0.0f;

@@ -85,7 +85,7 @@ static mk_tensor tensor(maskd_dtype dt, int ndim, const int64_t *dims, void *dat
  */
 static int run_op(const char *op_type, int opset, attrs *at, mk_node *node, mk_tensor **in,
                   int n_in, mk_tensor *out, bool prepare_with_w, mk_pool *infer_pool,
-                  mk_pool *pool, mk_act act, float act_alpha, mk_error *err)
+                  mk_pool *pool, mk_act act, float act_alpha, float act_beta, mk_error *err)
 {
     const mk_op *op = mk_op_find("", op_type, opset);
     if (!op) return mk_fail(err, MASKD_ERR_UNSUPPORTED, "no row for %s-%d", op_type, opset);
@@ -128,6 +128,7 @@ static int run_op(const char *op_type, int opset, attrs *at, mk_node *node, mk_t
     /* Fusion sets the activation after load, as the graph pass does. */
     node->act = act;
     node->act_alpha = act_alpha;
+    node->act_beta = act_beta;
     memset(&ctx, 0, sizeof ctx);
     ctx.node = node;
     ctx.n_in = n_in;
@@ -159,19 +160,47 @@ static void release(mk_node *node)
 
 /* ---- comparing ----------------------------------------------------------- */
 
-static float ref_act(double v, mk_act act, float alpha)
+/* The activations' parameters in these tests: LeakyRelu's slope, Clip's
+ * bounds (both of them inside the outputs' range), HardSigmoid's. */
+static const float leaky_alpha = 0.1f, clip_lo = -0.3f, clip_hi = 0.4f, hsig_alpha = 0.2f,
+                   hsig_beta = 0.5f;
+
+static void act_params(mk_act act, float *alpha, float *beta)
 {
-    if (act == MK_ACT_RELU) return v > 0 ? (float)v : 0.0f;
-    if (act == MK_ACT_LEAKY_RELU) return v >= 0 ? (float)v : (float)(v * alpha);
-    return (float)v;
+    *alpha = act == MK_ACT_LEAKY_RELU ? leaky_alpha : act == MK_ACT_CLIP ? clip_lo
+             : act == MK_ACT_HARD_SIGMOID ? hsig_alpha : 0.0f;
+    *beta = act == MK_ACT_CLIP ? clip_hi : act == MK_ACT_HARD_SIGMOID ? hsig_beta : 0.0f;
+}
+
+static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+
+static float ref_act(double v, mk_act act)
+{
+    switch (act) {
+    case MK_ACT_RELU: return v > 0 ? (float)v : 0.0f;
+    case MK_ACT_LEAKY_RELU: return v >= 0 ? (float)v : (float)(v * leaky_alpha);
+    case MK_ACT_CLIP: return (float)(v < clip_lo ? clip_lo : v > clip_hi ? clip_hi : v);
+    case MK_ACT_SIGMOID: return (float)(1.0 / (1.0 + exp(-v)));
+    case MK_ACT_HARD_SIGMOID: return (float)clamp01(hsig_alpha * v + hsig_beta);
+    case MK_ACT_HARD_SWISH: return (float)(v * clamp01(v / 6.0 + 0.5));
+    default: return (float)v;
+    }
+}
+
+/* Any activation the graph fuses into a conv. */
+static mk_act random_act(void)
+{
+    static const mk_act acts[] = {MK_ACT_NONE, MK_ACT_RELU, MK_ACT_CLIP, MK_ACT_LEAKY_RELU,
+                                  MK_ACT_SIGMOID, MK_ACT_HARD_SIGMOID, MK_ACT_HARD_SWISH};
+    return acts[rng() % (sizeof acts / sizeof acts[0])];
 }
 
 /* got vs want, each want[i] having magnitude sum mag[i]. */
 static bool compare(const char *what, const float *got, const double *want, const double *mag,
-                    int64_t n, mk_act act, float alpha)
+                    int64_t n, mk_act act)
 {
     for (int64_t i = 0; i < n; i++) {
-        double w = ref_act(want[i], act, alpha);
+        double w = ref_act(want[i], act);
         double tol = 1e-5 * (mag[i] + 1.0);
         if (!(fabs((double)got[i] - w) <= tol)) {
             printf("FAIL %s: element %lld: got %.7g, want %.7g (tol %.3g)\n", what, (long long)i,
@@ -206,7 +235,9 @@ typedef struct conv_case {
 
 static const char *act_name(mk_act a)
 {
-    return a == MK_ACT_RELU ? "relu" : a == MK_ACT_LEAKY_RELU ? "leaky" : "none";
+    return a == MK_ACT_RELU ? "relu" : a == MK_ACT_LEAKY_RELU ? "leaky" : a == MK_ACT_CLIP ? "clip"
+           : a == MK_ACT_SIGMOID ? "sigmoid" : a == MK_ACT_HARD_SIGMOID ? "hardsigmoid"
+           : a == MK_ACT_HARD_SWISH ? "hardswish" : "none";
 }
 
 static void describe(const conv_case *cc, char *buf, size_t size)
@@ -318,10 +349,11 @@ static void run_conv_case(const conv_case *cc, mk_pool *pool)
 
     mk_node node;
     mk_error err = {0};
-    const float leaky = 0.1f;
+    float act_alpha, act_beta;
+    act_params(cc->act, &act_alpha, &act_beta);
     int rc = run_op(cc->transpose ? "ConvTranspose" : "Conv", 13, &at, &node, ins,
                     cc->bias ? 3 : 2, &y, cc->w_const, cc->infer_without_pool ? NULL : pool,
-                    pool, cc->act, leaky, &err);
+                    pool, cc->act, act_alpha, act_beta, &err);
     if (rc) {
         printf("FAIL %s: error %d: %s\n", desc, rc, err.message);
         record(false);
@@ -414,7 +446,7 @@ static void run_conv_case(const conv_case *cc, mk_pool *pool)
                     }
                 }
         }
-        ok = compare(desc, y.data, want, mag, total, cc->act, leaky);
+        ok = compare(desc, y.data, want, mag, total, cc->act);
         record(ok);
         free(want);
         free(mag);
@@ -474,6 +506,7 @@ static conv_case random_case(enum kind kind)
         for (int i = 0; i < 3; i++) cc.in[i] = rnd(1, cc.rank == 3 ? 9 : cc.rank == 2 ? 45 : 600);
         break;
     case K_DEPTHWISE:
+        cc.act = random_act();
         cc.c = rnd(1, 12);
         cc.group = rng() % 6 == 0 ? 1 : cc.c; /* C = 1, group 1 is depthwise too */
         if (cc.group == 1) cc.c = 1;
@@ -626,12 +659,108 @@ static void depthwise_wide_cases(mk_pool *pool)
                     }
                     cc.bias = rng() % 3 != 0;
                     cc.w_const = rng() % 3 != 0;
-                    cc.act = rng() % 2 ? MK_ACT_RELU : MK_ACT_NONE;
+                    cc.act = random_act();
                     run_conv_case(&cc, pool);
                     count++;
                 }
     printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise wide", count,
            failed - before, mk_isa_name(mk_cpu_level()));
+}
+
+/* Depthwise on square maps with "same" padding (the flat walk: vectors
+ * spanning several rows, lane masks tabulated or, past the table, made per
+ * vector) and their stride-2 halvings (the strided walk), batches of two,
+ * one and two outputs per channel, every fused activation. */
+static void depthwise_square_cases(mk_pool *pool)
+{
+    static const int64_t sizes[] = {1, 2, 3, 5, 7, 8, 14, 15, 16, 17, 28, 33, 40, 56, 130};
+    int before = failed, count = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (int64_t k = 2; k <= 5; k++)
+            for (int64_t s = 1; s <= 2; s++) {
+                conv_case cc;
+                memset(&cc, 0, sizeof cc);
+                cc.rank = 2;
+                cc.n = sizes[si] > 60 ? 1 : rnd(1, 2);
+                cc.c = cc.group = sizes[si] > 60 ? 2 : rnd(1, 6);
+                cc.m = cc.c * (rng() % 4 == 0 ? 2 : 1);
+                cc.in[0] = cc.in[1] = sizes[si];
+                cc.k[0] = cc.k[1] = k;
+                cc.s[0] = cc.s[1] = s;
+                cc.d[0] = cc.d[1] = k > 3 ? rnd(1, 2) : rnd(1, 5);
+                const int64_t eff = (k - 1) * cc.d[0] + 1;
+                if (eff % 2 == 0) {
+                    cc.auto_pad = rng() % 2 ? "SAME_UPPER" : "SAME_LOWER";
+                } else {
+                    cc.has_pads = true;
+                    for (int i = 0; i < 4; i++) cc.pads[i] = eff / 2;
+                }
+                cc.bias = rng() % 3 != 0;
+                cc.w_const = rng() % 3 != 0;
+                cc.act = random_act();
+                run_conv_case(&cc, pool);
+                count++;
+            }
+    /* The banded rows (AVX-512): 3x3 undilated and dilated 2, 5x5, on maps
+     * from one vector and a remainder wide to several. */
+    static const int64_t band[][2] = {{3, 1}, {3, 2}, {5, 1}};
+    static const int64_t band_sizes[] = {20, 24, 37, 64};
+    for (size_t bi = 0; bi < sizeof band / sizeof band[0]; bi++)
+        for (size_t si = 0; si < sizeof band_sizes / sizeof band_sizes[0]; si++) {
+            conv_case cc;
+            memset(&cc, 0, sizeof cc);
+            cc.rank = 2, cc.n = 1, cc.c = cc.group = cc.m = rnd(1, 3);
+            cc.in[0] = band_sizes[si] + rnd(0, 7), cc.in[1] = band_sizes[si];
+            cc.k[0] = cc.k[1] = band[bi][0];
+            cc.s[0] = cc.s[1] = 1;
+            cc.d[0] = cc.d[1] = band[bi][1];
+            cc.has_pads = true;
+            for (int i = 0; i < 4; i++) cc.pads[i] = (band[bi][0] - 1) * band[bi][1] / 2;
+            cc.bias = true;
+            cc.w_const = true;
+            cc.act = random_act();
+            run_conv_case(&cc, pool);
+            count++;
+        }
+    printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise square", count,
+           failed - before, mk_isa_name(mk_cpu_level()));
+}
+
+/* Stems: few input channels, stride 2 (kernels' mk_stem_conv_rows on
+ * AVX-512), output channels across a block of 16 and a remainder, kernels
+ * 1 to 7, dilated, any padding, every fused activation. */
+static void stem_cases(mk_pool *pool)
+{
+    int before = failed, count = 0;
+    for (int i = 0; i < 60; i++) {
+        conv_case cc;
+        memset(&cc, 0, sizeof cc);
+        cc.rank = 2;
+        cc.n = rnd(1, 2);
+        cc.c = rnd(1, 4);
+        cc.group = 1;
+        cc.m = rng() % 3 == 0 ? 16 : rnd(1, 40);
+        for (int d = 0; d < 2; d++) {
+            cc.in[d] = rnd(1, 70);
+            cc.k[d] = rnd(1, 7);
+            cc.s[d] = 2;
+            cc.d[d] = rng() % 4 == 0 ? 2 : 1;
+        }
+        cc.has_pads = true;
+        for (int d = 0; d < 2; d++) {
+            const int64_t eff = (cc.k[d] - 1) * cc.d[d] + 1;
+            cc.pads[d] = rnd(0, eff - 1), cc.pads[d + 2] = rnd(0, eff - 1);
+            const int64_t padded = cc.in[d] + cc.pads[d] + cc.pads[d + 2];
+            if (padded < eff) cc.pads[d + 2] += eff - padded;
+        }
+        cc.bias = rng() % 3 != 0;
+        cc.w_const = rng() % 3 != 0;
+        cc.act = random_act();
+        run_conv_case(&cc, pool);
+        count++;
+    }
+    printf("%-16s %d cases, %d failed (cpu level %s)\n", "stem", count, failed - before,
+           mk_isa_name(mk_cpu_level()));
 }
 
 /* Deterministic cases for the corners random draws may miss. */
@@ -756,8 +885,10 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
     memset(&y, 0, sizeof y);
     mk_node node;
     mk_error err = {0};
+    float act_alpha, act_beta;
+    act_params(act, &act_alpha, &act_beta);
     int rc = run_op("Gemm", 13, &at, &node, ins, c_kind ? 3 : 2, &y, b_const, pool, pool, act,
-                    0.125f, &err);
+                    act_alpha, act_beta, &err);
     if (rc) {
         printf("FAIL %s: error %d: %s\n", desc, rc, err.message);
         record(false);
@@ -780,7 +911,7 @@ static void run_gemm_case(mk_pool *pool, int64_t M, int64_t N, int64_t K, bool t
             }
         bool ok = y.ndim == 2 && y.dims[0] == M && y.dims[1] == N;
         if (!ok) printf("FAIL %s: output shape\n", desc);
-        record(ok && compare(desc, y.data, want, mag, M * N, act, 0.125f));
+        record(ok && compare(desc, y.data, want, mag, M * N, act));
         free(want);
         free(mag);
     }
@@ -806,7 +937,7 @@ static void run_matmul_case(mk_pool *pool, int an, const int64_t *adims, int bn,
     memset(&y, 0, sizeof y);
     mk_node node;
     mk_error err = {0};
-    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, b_const, pool, pool, MK_ACT_NONE, 0,
+    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, b_const, pool, pool, MK_ACT_NONE, 0, 0,
                     &err);
     if (rc) {
         printf("FAIL %s: error %d: %s\n", desc, rc, err.message);
@@ -856,7 +987,7 @@ static void run_matmul_case(mk_pool *pool, int an, const int64_t *adims, int bn,
         bool ok = y.ndim == ondim && mk_numel(&y) == batch * M * N;
         for (int i = 0; ok && i < nb; i++) ok = y.dims[i] == obd[i];
         if (!ok) printf("FAIL %s: output shape\n", desc);
-        record(ok && compare(desc, y.data, want, mag, batch * M * N, MK_ACT_NONE, 0));
+        record(ok && compare(desc, y.data, want, mag, batch * M * N, MK_ACT_NONE));
         free(want);
         free(mag);
     }
@@ -891,7 +1022,7 @@ static void run_int_matmul_case(mk_pool *pool, maskd_dtype dt)
     attrs at = {.n = 0};
     mk_node node;
     mk_error err = {0};
-    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, true, pool, pool, MK_ACT_NONE, 0, &err);
+    int rc = run_op("MatMul", 13, &at, &node, ins, 2, &y, true, pool, pool, MK_ACT_NONE, 0, 0, &err);
     bool ok = rc == MASKD_OK && y.dtype == dt && y.ndim == 3 && y.dims[0] == 2 &&
               y.dims[1] == M && y.dims[2] == N;
     for (int64_t bi = 0; ok && bi < 2; bi++)
@@ -938,6 +1069,11 @@ static void gemm_cases(mk_pool *pool, int count)
         for (int c_kind = 0; c_kind < 6; c_kind += 2)
             run_gemm_case(pool, edge[i][0], edge[i][1], edge[i][2], i == 2, i != 1, c_kind + 1,
                           1.0f, c_kind == 4 ? 0.5f : 1.0f, true, i == 3 ? MK_ACT_RELU : MK_ACT_NONE);
+    /* One row (the sgemv path), split into column blocks when big. */
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            run_gemm_case(pool, 1, rnd(1, 700), rnd(1, 400), ta, tb, (int)(rng() % 6),
+                          rng() % 2 ? 1.0f : 0.5f, rng() % 3 ? 1.0f : -2.0f, true, MK_ACT_NONE);
     const int64_t s[][2][5] = {
         {{3, 4}, {4, 5}}, {{7}, {7, 3}}, {{2, 3, 7}, {7}}, {{5}, {5}},
         {{2, 1, 3, 4}, {5, 4, 6}}, {{4, 300, 64}, {64, 96}}, {{1, 96, 40}, {6, 40, 200}},
@@ -961,6 +1097,8 @@ int main(int argc, char **argv)
     }
     fixed_conv_cases(pool);
     depthwise_wide_cases(pool);
+    depthwise_square_cases(pool);
+    stem_cases(pool);
     for (int kind = 0; kind < K_KINDS; kind++) {
         int before = failed;
         for (int i = 0; i < per_kind; i++) {
