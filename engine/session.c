@@ -41,6 +41,38 @@ struct maskd_session {
 
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+static int plan(maskd_session *s, const maskd_tensor *inputs, mk_error *err);
+static void drop_plan(maskd_session *s);
+
+/*
+ * When every input's shape is fixed in the file, the plan for it is made
+ * now, so that what planning costs (shape inference, the arena, weights ops
+ * pack at their first shapes, e.g. Winograd's transformed weights) is paid
+ * at creation, as ONNX Runtime pays it in InferenceSession.create, and not by
+ * the first request.  A plan that fails here is dropped: the first run plans
+ * again and reports the error with its real inputs.
+ */
+static void plan_declared_shapes(maskd_session *s)
+{
+    const maskd_model *m = s->model;
+    maskd_tensor *inputs = calloc((size_t)m->n_inputs + 1, sizeof *inputs);
+    if (!inputs) return;
+    bool fixed = true;
+    for (int i = 0; i < m->n_inputs && fixed; i++) {
+        const maskd_value_info *info = &m->input_info[i];
+        fixed = info->ndim >= 0;
+        inputs[i].dtype = info->dtype;
+        inputs[i].ndim = info->ndim;
+        for (int d = 0; d < info->ndim && fixed; d++) {
+            fixed = info->dims[d] > 0;
+            inputs[i].dims[d] = info->dims[d];
+        }
+    }
+    mk_error ignored;
+    if (fixed && m->n_inputs > 0 && plan(s, inputs, &ignored)) drop_plan(s);
+    free(inputs);
+}
+
 int maskd_session_create(const maskd_model *model, maskd_pool *pool, maskd_session **out,
                          maskd_error *err)
 {
@@ -69,6 +101,7 @@ int maskd_session_create(const maskd_model *model, maskd_pool *pool, maskd_sessi
         maskd_session_free(s);
         return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
     }
+    plan_declared_shapes(s);
     *out = s;
     return MASKD_OK;
 }

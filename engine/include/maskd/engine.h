@@ -114,14 +114,17 @@ int maskd_model_num_nodes(const maskd_model *model);
 
 /* ---- sessions --------------------------------------------------------- */
 
-/* `pool` may be NULL (single-threaded); it must outlive the session. */
+/* `pool` may be NULL (single-threaded); it must outlive the session.  When
+ * every model input has a fixed shape in the file, the session is planned for
+ * it here (weights packed for those shapes, the arena sized), so that its
+ * first run costs what later runs do. */
 int maskd_session_create(const maskd_model *model, maskd_pool *pool,
                          maskd_session **out, maskd_error *err);
 void maskd_session_free(maskd_session *session);
 
 /* Runs the graph.  inputs[i] feeds model input i; every input must be given.
- * The first run with given input shapes plans memory; later runs with the
- * same shapes reuse that plan. */
+ * A run with input shapes other than the current plan's plans again; later
+ * runs with the same shapes reuse that plan. */
 int maskd_session_run(maskd_session *session, const maskd_tensor *inputs,
                       int n_inputs, maskd_error *err);
 
