@@ -331,6 +331,16 @@ static void pick_isa(void)
 
 /* ---- one block of tiles ------------------------------------------------------ */
 
+/* The lanes of up to GROUPS_MAX vectors of tiles from tile t0 (of `left`
+ * still to do); returns how many tiles they cover. */
+static int64_t group_lanes(const mk_winograd_geom *g, int64_t t0, int64_t left, int vl,
+                           lanes *ln)
+{
+    const int64_t n = min64(GROUPS_MAX * vl, left);
+    for (int64_t l0 = 0; l0 < n; l0 += vl) lanes_of(g, t0 + l0, n - l0, vl, &ln[l0 / vl]);
+    return n;
+}
+
 size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles)
 {
     const int64_t ld = (tiles + VL_MAX - 1) / VL_MAX * VL_MAX;
@@ -357,9 +367,7 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
      * 512-channel layer's time). */
     lanes ln[GROUPS_MAX];
     for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
-        const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
-        for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
-            lanes_of(g, t0 + s0 + l0, s_n - l0, k.vl, &ln[l0 / k.vl]);
+        const int64_t s_n = group_lanes(g, t0 + s0, nt - s0, k.vl, ln);
         for (int64_t c = 0; c < cin; c++)
             for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
                 k.input(x + c * in_plane, g, &ln[l0 / k.vl], v + c * ld + s0 + l0, v_point);
@@ -373,9 +381,7 @@ void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout
                         false, NULL, gemm_scratch);
     }
     for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
-        const int64_t s_n = min64(GROUPS_MAX * k.vl, nt - s0);
-        for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
-            lanes_of(g, t0 + s0 + l0, s_n - l0, k.vl, &ln[l0 / k.vl]);
+        const int64_t s_n = group_lanes(g, t0 + s0, nt - s0, k.vl, ln);
         for (int64_t o = 0; o < mn; o++)
             for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
                 k.output(m + o * ld + s0 + l0, m_point, st->bias ? st->bias[o] : 0.0f, st, g,

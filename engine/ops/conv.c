@@ -228,10 +228,33 @@ static void set_channel_chunks(conv_plan *p, int64_t m, int64_t chunks)
 }
 
 /*
- * Splits `positions` into tiles and `m` output channels into chunks so that
- * a tile's per-thread buffer (bytes_per_position each) stays near the budget
- * and outer × tiles × chunks gives every thread work (see above).
+ * Splits `positions` into tiles of about `tile` and `m` output channels into
+ * chunks so that outer × tiles × chunks gives every thread work (see above),
+ * tiles being whole steps of `align` and not split below min_split.  Shared
+ * by the sgemm paths (tiles of output positions) and Winograd (of 4x4 tiles).
  */
+static void split_tiles(conv_plan *p, int64_t positions, int64_t tile, int64_t outer, int64_t m,
+                        int64_t min_split, int64_t align)
+{
+    int64_t n_tiles = mk_ceil_div(positions, tile);
+    const int64_t chunks = channel_chunks(p, outer * n_tiles, m);
+    /* Then more tiles, down to min_split positions, when channels alone do
+     * not make enough items, or make an uneven few. */
+    const int64_t max_tiles = mk_ceil_div(positions, min_split);
+    if (outer * n_tiles * chunks < wanted_items(p))
+        n_tiles = mk_ceil_div(wanted_items(p), outer * chunks);
+    if (n_tiles > max_tiles) n_tiles = max_tiles;
+    while (n_tiles < max_tiles && uneven(p, outer * n_tiles * chunks)) n_tiles++;
+    /* Even tiles, in whole steps of the kernels' vectors. */
+    tile = mk_ceil_div(mk_ceil_div(positions, n_tiles), align) * align;
+    if (tile > positions) tile = positions;
+    p->tile = tile;
+    p->n_tiles = mk_ceil_div(positions, tile);
+    set_channel_chunks(p, m, chunks);
+}
+
+/* split_tiles for the sgemm paths: a tile's per-thread buffer
+ * (bytes_per_position each) near the budget. */
 static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_position,
                        int64_t outer, int64_t m)
 {
@@ -241,21 +264,8 @@ static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_positi
     int64_t tile = bytes_per_position > 0 ? COL_BUDGET_BYTES / bytes_per_position : positions;
     if (tile < MIN_TILE) tile = MIN_TILE;
     if (tile > positions) tile = positions;
-    int64_t n_tiles = mk_ceil_div(positions, tile);
-    const int64_t chunks = channel_chunks(p, outer * n_tiles, m);
-    /* Then more tiles, down to SPLIT_TILE positions, when channels alone do
-     * not make enough items, or make an uneven few. */
-    const int64_t max_tiles = mk_ceil_div(positions, SPLIT_TILE);
-    if (outer * n_tiles * chunks < wanted_items(p))
-        n_tiles = mk_ceil_div(wanted_items(p), outer * chunks);
-    if (n_tiles > max_tiles) n_tiles = max_tiles;
-    while (n_tiles < max_tiles && uneven(p, outer * n_tiles * chunks)) n_tiles++;
-    /* Even tiles, in whole 8-column steps of the sgemm's vectors. */
-    tile = mk_ceil_div(mk_ceil_div(positions, n_tiles), TILE_ALIGN) * TILE_ALIGN;
-    if (tile > positions) tile = positions;
-    p->tile = tile;
-    p->n_tiles = mk_ceil_div(positions, tile);
-    set_channel_chunks(p, m, chunks);
+    /* Tiles in whole 8-column steps of the sgemm's vectors. */
+    split_tiles(p, positions, tile, outer, m, SPLIT_TILE, TILE_ALIGN);
 }
 
 /* Where along iterated dim `dim` the set of landing taps changes: sorted,
@@ -546,19 +556,8 @@ static void plan_winograd(conv_plan *p)
     int64_t block = WINO_BUDGET_BYTES / per_tile / WINO_STEP * WINO_STEP;
     if (block < WINO_MIN_BLOCK) block = WINO_MIN_BLOCK;
     if (block > WINO_MAX_BLOCK) block = WINO_MAX_BLOCK;
-    int64_t blocks = mk_ceil_div(tiles, block);
-    const int64_t chunks = channel_chunks(p, p->batch * blocks, p->cout_g);
-    const int64_t max_blocks = mk_ceil_div(tiles, WINO_STEP);
-    if (p->batch * blocks * chunks < wanted_items(p))
-        blocks = mk_ceil_div(wanted_items(p), p->batch * chunks);
-    if (blocks > max_blocks) blocks = max_blocks;
-    while (blocks < max_blocks && uneven(p, p->batch * blocks * chunks)) blocks++;
-    block = mk_ceil_div(mk_ceil_div(tiles, blocks), WINO_STEP) * WINO_STEP;
-    if (block > tiles) block = tiles;
-    p->tile = block;
-    p->n_tiles = mk_ceil_div(tiles, block);
-    set_channel_chunks(p, p->cout_g, chunks);
-    p->slot_bytes = mk_align64(mk_winograd_block_bytes(p->cin_g, p->m_chunk, block));
+    split_tiles(p, tiles, block, p->batch, p->cout_g, WINO_STEP, WINO_STEP);
+    p->slot_bytes = mk_align64(mk_winograd_block_bytes(p->cin_g, p->m_chunk, p->tile));
 }
 
 /* ---- ConvTranspose's sgemm ---------------------------------------------------
