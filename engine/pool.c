@@ -4,8 +4,20 @@
  * Several sessions may share one pool, so parallel_for posts a job on a
  * queue instead of assuming it owns the workers; the caller always works on
  * its own job too, so a job finishes even when every worker is busy
- * elsewhere.  Chunks are claimed with an atomic counter; a job lives on the
- * caller's stack and the caller leaves only when no worker still holds it.
+ * elsewhere.  A job lives on the caller's stack and the caller leaves only
+ * when no worker still holds it.
+ *
+ * Each slot (the caller is 0, worker i is always i + 1) owns a contiguous
+ * home range of the chunks and claims from it first, then takes what is left
+ * of the others'.  Where consecutive ops split alike (the output channels of
+ * a 1x1 conv, then the same channels of the depthwise conv after it), a
+ * thread then reads what it wrote itself.  That matters most when a host
+ * puts two vCPUs on different core complexes: a cache line then takes ~330
+ * ns to go from one core to the other and back, against ~70 within one
+ * complex (both measured on our 2-vCPU machine, whose placement changes
+ * from minute to minute).  There, mobilenet_v2 at 2 threads ran 8.1 ms with
+ * home ranges against 8.9 with chunks claimed in turn from one counter
+ * (4.8 either way within one complex).
  *
  * Between jobs a worker spins for a short while before it sleeps, and so
  * does a caller waiting for its job's last chunks: an op on a small map
@@ -36,17 +48,23 @@ typedef struct job {
     mk_range_fn fn;
     void *arg;
     int64_t n, chunk, n_chunks;
-    atomic_int_fast64_t next_chunk;
+    int n_ranges;                /* home ranges: one per slot */
+    atomic_int_fast64_t *claim;  /* next unclaimed chunk of each home range */
     atomic_int_fast64_t done_chunks;
-    atomic_int next_slot;
     atomic_int users; /* workers holding a pointer to this job (changed under pool->lock;
                          read without it by the spinning caller) */
     struct job *next;
 } job;
 
+typedef struct worker {
+    maskd_pool *pool;
+    int slot; /* the same in every job, so its home ranges are too */
+} worker;
+
 struct maskd_pool {
     int threads; /* slots: the caller plus the workers */
     pthread_t *workers;
+    worker *selves; /* worker_main's arguments */
     int n_workers;
     pthread_mutex_t lock;
     pthread_cond_t work_ready; /* a job was queued, or stop */
@@ -96,15 +114,35 @@ static bool job_released(const void *arg)
            atomic_load_explicit(&j->users, memory_order_acquire) == 0;
 }
 
+/* Home range r is chunks [range_start(r), range_start(r + 1)). */
+static int64_t range_start(const job *j, int r)
+{
+    return j->n_chunks * r / j->n_ranges;
+}
+
+static bool all_claimed(const job *j)
+{
+    for (int r = 0; r < j->n_ranges; r++)
+        if (atomic_load_explicit(&j->claim[r], memory_order_relaxed) < range_start(j, r + 1))
+            return false;
+    return true;
+}
+
 static void work_on(job *j, int slot)
 {
-    for (;;) {
-        int64_t c = atomic_fetch_add(&j->next_chunk, 1);
-        if (c >= j->n_chunks) return;
-        int64_t begin = c * j->chunk;
-        int64_t end = begin + j->chunk < j->n ? begin + j->chunk : j->n;
-        j->fn(j->arg, begin, end, slot);
-        atomic_fetch_add(&j->done_chunks, 1);
+    /* The slot's own range, then the others' in turn from the next one. */
+    for (int i = 0; i < j->n_ranges; i++) {
+        const int r = (slot + i) % j->n_ranges;
+        const int64_t end_chunk = range_start(j, r + 1);
+        for (;;) {
+            if (atomic_load_explicit(&j->claim[r], memory_order_relaxed) >= end_chunk) break;
+            const int64_t c = atomic_fetch_add(&j->claim[r], 1);
+            if (c >= end_chunk) break;
+            const int64_t begin = c * j->chunk;
+            const int64_t end = begin + j->chunk < j->n ? begin + j->chunk : j->n;
+            j->fn(j->arg, begin, end, slot);
+            atomic_fetch_add(&j->done_chunks, 1);
+        }
     }
 }
 
@@ -120,7 +158,9 @@ static void unlink_job(maskd_pool *p, job *j)
 
 static void *worker_main(void *arg)
 {
-    maskd_pool *p = arg;
+    const worker *self = arg;
+    maskd_pool *p = self->pool;
+    const int slot = self->slot;
     pthread_mutex_lock(&p->lock);
     for (;;) {
         if (!p->stop && !p->queue) {
@@ -131,9 +171,7 @@ static void *worker_main(void *arg)
         while (!p->stop && !p->queue) pthread_cond_wait(&p->work_ready, &p->lock);
         if (p->stop) break;
         job *j = p->queue;
-        int slot = atomic_fetch_add(&j->next_slot, 1);
-        if (slot >= p->threads ||
-            atomic_load(&j->next_chunk) >= j->n_chunks) {
+        if (all_claimed(j)) {
             /* Nothing left to claim: take it off the queue so we don't spin. */
             unlink_job(p, j);
             continue;
@@ -181,12 +219,14 @@ int maskd_pool_create(int threads, maskd_pool **out, maskd_error *err)
     pthread_cond_init(&p->work_ready, NULL);
     pthread_cond_init(&p->job_done, NULL);
     p->workers = calloc((size_t)threads, sizeof *p->workers);
-    if (!p->workers) {
+    p->selves = calloc((size_t)threads, sizeof *p->selves);
+    if (!p->workers || !p->selves) {
         maskd_pool_free(p);
         return mk_fail(err, MASKD_ERR_NOMEM, "out of memory creating the thread pool");
     }
     for (int i = 0; i < threads - 1; i++) {
-        if (pthread_create(&p->workers[i], NULL, worker_main, p)) {
+        p->selves[i] = (worker){p, i + 1};
+        if (pthread_create(&p->workers[i], NULL, worker_main, &p->selves[i])) {
             maskd_pool_free(p);
             return mk_fail(err, MASKD_ERR_RUNTIME, "could not start worker thread %d", i);
         }
@@ -208,6 +248,7 @@ void maskd_pool_free(maskd_pool *p)
     pthread_cond_destroy(&p->work_ready);
     pthread_mutex_destroy(&p->lock);
     free(p->workers);
+    free(p->selves);
     free(p);
 }
 
@@ -228,9 +269,11 @@ void mk_parallel_for(mk_pool *p, int64_t n, int64_t grain, mk_range_fn fn, void 
     if (chunk < grain) chunk = grain;
     job j = {.fn = fn, .arg = arg, .n = n, .chunk = chunk};
     j.n_chunks = (n + chunk - 1) / chunk;
-    atomic_init(&j.next_chunk, 0);
+    j.n_ranges = threads;
+    atomic_int_fast64_t claim[threads];
+    j.claim = claim;
+    for (int r = 0; r < threads; r++) atomic_init(&claim[r], range_start(&j, r));
     atomic_init(&j.done_chunks, 0);
-    atomic_init(&j.next_slot, 1); /* slot 0 is the caller's */
     atomic_init(&j.users, 0);
 
     pthread_mutex_lock(&p->lock);
