@@ -153,6 +153,9 @@ struct mk_op {
     unsigned no_fold : 1;   /* never constant-fold (none so far) */
     unsigned shape_only : 1; /* reads only its inputs' shapes (Shape, Size):
                                 folded whenever those are known */
+    unsigned view : 1;      /* output 0 holds input 0's bytes unchanged (Reshape
+                               and kin): the plan may give it input 0's buffer,
+                               and run then copies nothing */
 };
 
 /* Each op family file (ops/NAME.c) defines its rows with

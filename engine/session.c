@@ -5,7 +5,9 @@
  * nodes whose inputs are all known constants (the Shape->Gather->Concat
  * chains exporters emit) are run right there and drop out of the run list;
  * every other value gets an offset in one arena, reusing memory between
- * values whose lifetimes do not overlap.  Values whose shape depends on
+ * values whose lifetimes do not overlap; the output of a view op (Reshape
+ * and kin) shares its input's buffer instead, which then lives as long as
+ * either is read.  Values whose shape depends on
  * data (NonMaxSuppression's output, say) are "dynamic": their node infers
  * again at run time and its outputs are allocated then.
  */
@@ -16,7 +18,7 @@
 
 #include "graph.h"
 
-enum vkind { V_UNUSED, V_CONST, V_INPUT, V_ARENA, V_DYNAMIC, V_FOLDED };
+enum vkind { V_UNUSED, V_CONST, V_INPUT, V_ARENA, V_VIEW, V_DYNAMIC, V_FOLDED };
 
 struct maskd_session {
     const maskd_model *model;
@@ -25,6 +27,7 @@ struct maskd_session {
     mk_tensor *vals;     /* per value: this plan's shape, dtype and data */
     uint8_t *kind;       /* enum vkind per value */
     size_t *offset;      /* arena offset of V_ARENA values */
+    int *owner;          /* V_VIEW values: the V_ARENA value whose buffer they share */
     uint8_t *skip;       /* node folded at plan time */
     uint8_t *dynamic;    /* node infers and allocates at run time */
     size_t *scratch_need;
@@ -85,6 +88,7 @@ int maskd_session_create(const maskd_model *model, maskd_pool *pool, maskd_sessi
     s->vals = calloc(nv, sizeof *s->vals);
     s->kind = calloc(nv, 1);
     s->offset = calloc(nv, sizeof *s->offset);
+    s->owner = calloc(nv, sizeof *s->owner);
     s->skip = calloc(nn, 1);
     s->dynamic = calloc(nn, 1);
     s->scratch_need = calloc(nn, sizeof *s->scratch_need);
@@ -96,7 +100,7 @@ int maskd_session_create(const maskd_model *model, maskd_pool *pool, maskd_sessi
     }
     s->in_ptrs = calloc((size_t)s->max_arity + 1, sizeof *s->in_ptrs);
     s->out_ptrs = calloc((size_t)s->max_arity + 1, sizeof *s->out_ptrs);
-    if (!s->vals || !s->kind || !s->offset || !s->skip || !s->dynamic || !s->scratch_need ||
+    if (!s->vals || !s->kind || !s->offset || !s->owner || !s->skip || !s->dynamic || !s->scratch_need ||
         !s->outputs || !s->in_ptrs || !s->out_ptrs) {
         maskd_session_free(s);
         return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
@@ -131,6 +135,7 @@ void maskd_session_free(maskd_session *s)
     free(s->vals);
     free(s->kind);
     free(s->offset);
+    free(s->owner);
     free(s->skip);
     free(s->dynamic);
     free(s->scratch_need);
@@ -230,6 +235,7 @@ static int assign_offsets(maskd_session *s, mk_error *err)
         const mk_node *nd = &m->nodes[k];
         for (int i = 0; i < nd->n_inputs; i++) {
             int v = nd->inputs[i];
+            if (v >= 0 && s->kind[v] == V_VIEW) v = s->owner[v];
             if (v < 0 || s->kind[v] != V_ARENA) continue;
             for (int j = 0; j < n; j++)
                 if (spans[j].value == v && spans[j].last < k) spans[j].last = k;
@@ -260,7 +266,22 @@ static int assign_offsets(maskd_session *s, mk_error *err)
     if (!s->arena) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory for a %zu-byte arena", total);
     for (int v = 0; v < m->n_values; v++)
         if (s->kind[v] == V_ARENA) s->vals[v].data = s->arena + s->offset[v];
+    for (int v = 0; v < m->n_values; v++)
+        if (s->kind[v] == V_VIEW) s->vals[v].data = s->vals[s->owner[v]].data;
     return MASKD_OK;
+}
+
+/* A view op's output shares its input's arena buffer, unless it is a graph
+ * output (those get buffers of their own, as callers expect). */
+static void mark_view(maskd_session *s, const mk_node *n)
+{
+    if (!n->op->view || n->n_inputs < 1 || n->n_outputs < 1) return;
+    const int x = n->inputs[0], y = n->outputs[0];
+    if (x < 0 || y < 0 || s->model->values[y].is_graph_output) return;
+    if (s->kind[x] != V_ARENA && s->kind[x] != V_VIEW) return;
+    if (mk_nbytes(&s->vals[x]) != mk_nbytes(&s->vals[y])) return;
+    s->kind[y] = V_VIEW;
+    s->owner[y] = s->kind[x] == V_VIEW ? s->owner[x] : x;
 }
 
 static int plan(maskd_session *s, const maskd_tensor *inputs, mk_error *err)
@@ -326,6 +347,7 @@ static int plan(maskd_session *s, const maskd_tensor *inputs, mk_error *err)
         }
         for (int o = 0; o < n->n_outputs; o++)
             if (n->outputs[o] >= 0) s->kind[n->outputs[o]] = V_ARENA;
+        mark_view(s, n);
         s->scratch_need[k] = c.scratch_bytes;
         if (c.scratch_bytes > s->scratch_bytes) s->scratch_bytes = c.scratch_bytes;
     }

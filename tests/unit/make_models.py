@@ -52,6 +52,22 @@ save("chain", chain,
      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], {})
 
+# Reshapes share their input's buffer: a's must then outlive b and c, which
+# would otherwise be given it; r3, a graph output, gets a buffer of its own.
+save("views",
+     [helper.make_node("Sigmoid", ["x"], ["a"]),
+      helper.make_node("Reshape", ["a", "flat"], ["r"]),
+      helper.make_node("Sigmoid", ["a"], ["b"]),
+      helper.make_node("Sigmoid", ["b"], ["c"]),
+      helper.make_node("Reshape", ["r", "square"], ["r2"]),
+      helper.make_node("Add", ["r2", "c"], ["y"]),
+      helper.make_node("Reshape", ["c", "flat"], ["r3"])],
+     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32]),
+      helper.make_tensor_value_info("r3", TensorProto.FLOAT, [1, 16384])],
+     {"flat": np.array([1, -1], dtype=np.int64),
+      "square": np.array([1, 16, 32, 32], dtype=np.int64)})
+
 # NonMaxSuppression: a data-dependent output shape, feeding another node.
 save("dynamic",
      [helper.make_node("NonMaxSuppression", ["boxes", "scores", "maxk", "iou"], ["sel"]),

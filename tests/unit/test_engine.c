@@ -214,6 +214,39 @@ static void test_memory_plan(maskd_pool *pool)
     maskd_model_free(m);
 }
 
+static double sigmoid(double v) { return 1 / (1 + exp(-v)); }
+
+/* Reshape outputs share their input's buffer (see views in make_models.py). */
+static void test_views(maskd_pool *pool)
+{
+    maskd_model *m = load("views", 0);
+    if (!m) return;
+    maskd_session *s;
+    maskd_error err;
+    maskd_session_create(m, pool, &s, &err);
+    enum { N = 16 * 32 * 32 };
+    static float x[N];
+    fill_random(x, N, 5);
+    maskd_tensor in = {MASKD_FLOAT, 4, {1, 16, 32, 32}, x};
+    CHECK(maskd_session_run(s, &in, 1, &err) == 0, "views run: %s", err.message);
+    const maskd_tensor *y = maskd_session_output(s, 0), *r3 = maskd_session_output(s, 1);
+    double worst_y = 0, worst_r3 = 0;
+    for (int i = 0; i < N; i++) {
+        double a = sigmoid(x[i]), c = sigmoid(sigmoid(a));
+        worst_y = fmax(worst_y, fabs(a + c - ((const float *)y->data)[i]));
+        worst_r3 = fmax(worst_r3, fabs(c - ((const float *)r3->data)[i]));
+    }
+    CHECK(worst_y < 1e-5, "a view's buffer outlives the ops after it (max diff %g)", worst_y);
+    CHECK(worst_r3 < 1e-5, "a view that is a graph output keeps its values (max diff %g)",
+          worst_r3);
+    CHECK(r3->ndim == 2 && r3->dims[1] == N, "the view output has its own shape");
+    CHECK(mk_session_arena_bytes(s) <= 3 * sizeof x,
+          "views take no arena of their own (%zu bytes for 3 buffers of %zu)",
+          mk_session_arena_bytes(s), sizeof x);
+    maskd_session_free(s);
+    maskd_model_free(m);
+}
+
 static void test_dynamic(maskd_pool *pool)
 {
     maskd_model *m = load("dynamic", 1);
@@ -257,6 +290,7 @@ int main(int argc, char **argv)
     test_conv_bn_relu(pool);
     test_shape_chain(pool);
     test_memory_plan(pool);
+    test_views(pool);
     test_dynamic(pool);
     maskd_pool_free(pool);
     printf("%d passed, %d failed\n", passed, failed);
