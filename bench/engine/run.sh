@@ -2,7 +2,7 @@
 # maskd vs ONNX Runtime (and PyTorch as a reference column) on the same .onnx
 # files and inputs.
 #
-#   bench/engine/run.sh [--threads "1 2"] [--repeat N] [--no-torch] [MODEL...]
+#   bench/engine/run.sh [--threads "1 2"] [--repeat N] [--passes N] [--no-torch] [MODEL...]
 #
 # MODEL is a directory holding model.onnx and input.npy (e.g. the parity
 # suite's build/tests/parity/parity-work/<model>), or one of the names of
@@ -23,18 +23,23 @@
 # default build/server/maskd), ONNX Runtime (ort_run.js: npm
 # onnxruntime-node, --ignore-scripts since its CPU library ships in the
 # package, installed into bench/engine/node_modules) and PyTorch (torch_run.py
-# under /usr/bin/python3) each run twice, alternating A B C A B C so drift in
-# machine load hits all alike; every run is a fresh process doing one warm-up
-# then N timed inferences. Columns:
-#   maskd ms, ORT ms, torch ms  the lower of the two runs' median latencies
+# under /usr/bin/python3) each run once per pass (--passes, default 3),
+# alternating A B C A B C ... so drift in machine load hits all alike; every
+# run is a fresh process doing one warm-up then N timed inferences. Columns:
+#   maskd ms, ORT ms, torch ms  the lowest of the passes' median latencies
 #   maskd/ORT                   ratio of those medians (< 1: maskd faster)
 #   maskd GFLOP/s               2 x multiply-adds / maskd's median; the
 #                               multiply-adds of Conv, ConvTranspose, Gemm and
 #                               MatMul, counted by flops.py, head the table
-#   maskd MB, ORT MB            peak RSS (the higher of the two runs)
-#   maskd load ms, ORT load ms  model load (the lower of the two runs): maskd's
+#   maskd MB, ORT MB            peak RSS (the highest of the passes)
+#   maskd load ms, ORT load ms  model load (the lowest of the passes): maskd's
 #                               graph reading and optimisation, thread pool and
 #                               session; ORT's InferenceSession.create
+#   rtt ns                      before each pass, the cache-line round trip
+#                               between CPUs 0 and 1 (bench/engine/rtt.c): a
+#                               VM's vCPUs may sit in one core complex (< 100
+#                               ns) or two (several hundred), which moves
+#                               multithreaded timings; 2-thread rows only
 # torch ms is the torchvision module itself for torchvision models; for
 # anything else (the shapes models) it is models/train/onnx_torch.py's
 # OnnxGraph, the ONNX graph executed node by node with torch ops, so it
@@ -52,13 +57,15 @@ cache=${BENCH_ENGINE_CACHE:-$root/build/bench-engine}
 python=/usr/bin/python3
 threads="1 2"
 repeat=10
+passes=3
 torch=1
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
+    --passes) passes=$2; shift 2 ;;
     --no-torch) torch=0; shift ;;
-    --help|-h) sed -n 2,46p "$0"; exit 0 ;;
+    --help|-h) sed -n 2,51p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -106,7 +113,8 @@ echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-(unset)} OPENBLAS_L2_SIZE=${OPENBLAS
 mkdir -p "$cache"
 gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread "$here/peak.c" -o "$cache/peak"
 for t in $threads; do echo "peak: $("$cache/peak" "$t")"; done
-echo "repeat $repeat per run, each engine run twice alternating; torch ms: torchvision module, or OnnxGraph (ONNX graph run with torch ops) for other models"
+gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread "$here/rtt.c" -o "$cache/rtt"
+echo "repeat $repeat per run, $passes passes alternating the engines; torch ms: torchvision module, or OnnxGraph (ONNX graph run with torch ops) for other models"
 for dir in "${dirs[@]}"; do
   name=$(basename "$dir")
   spec[$dir]=$(input_of "$dir")
@@ -116,14 +124,16 @@ for dir in "${dirs[@]}"; do
   printf "GMACs %-30s %9s  (input %s)%s\n" "$name" "${gmacs[$dir]}" "${spec[$dir]}" "$note"
 done
 echo
-printf "%-30s %3s %10s %10s %9s %10s %13s %8s %8s %13s %11s\n" model thr "maskd ms" "ORT ms" "maskd/ORT" \
-  "torch ms" "maskd GFLOP/s" "maskd MB" "ORT MB" "maskd load ms" "ORT load ms"
+printf "%-30s %3s %10s %10s %9s %10s %13s %8s %8s %13s %11s  %s\n" model thr "maskd ms" "ORT ms" "maskd/ORT" \
+  "torch ms" "maskd GFLOP/s" "maskd MB" "ORT MB" "maskd load ms" "ORT load ms" "rtt ns"
 for dir in "${dirs[@]}"; do
   name=$(basename "$dir")
   input=${spec[$dir]%%=*}=$dir/input.npy
   for t in $threads; do
     runs=()
-    for pass in 1 2; do
+    rtts=()
+    for ((pass = 1; pass <= passes; pass++)); do
+      if ((t > 1)); then rtts+=("$("$cache/rtt" 2>/dev/null || echo -)"); fi
       runs+=("$("$maskd" infer "$dir/model.onnx" --input "$input" --threads "$t" --repeat "$repeat" || true)")
       runs+=("$(node "$here/ort_run.js" "$dir/model.onnx" "$input" --threads "$t" --repeat "$repeat" || true)")
       if [[ $torch == 1 ]]; then
@@ -132,9 +142,12 @@ for dir in "${dirs[@]}"; do
         runs+=("")
       fi
     done
-    "$python" - "$name" "$t" "${gmacs[$dir]}" "${runs[@]}" <<'PY'
+    rtt=$(IFS=/; echo "${rtts[*]:--}")
+    "$python" - "$name" "$t" "${gmacs[$dir]}" "$rtt" "${runs[@]}" <<'PY'
 import json, re, sys
-name, t, gmacs, m1, o1, p1, m2, o2, p2 = sys.argv[1:]
+name, t, gmacs, rtt = sys.argv[1:5]
+runs = sys.argv[5:]
+ms, os_, ps = runs[0::3], runs[1::3], runs[2::3]
 
 def maskd(field, s):
     hit = re.search(field + r" ([0-9.]+)", s)
@@ -150,18 +163,19 @@ def pick(f, values):
     values = [v for v in values if v is not None]
     return f(values) if values else None
 
-mm = pick(min, [maskd("median", m1), maskd("median", m2)])
-oo = pick(min, [js("median_ms", o1), js("median_ms", o2)])
-pp = pick(min, [js("median_ms", p1), js("median_ms", p2)])
+mm = pick(min, [maskd("median", m) for m in ms])
+oo = pick(min, [js("median_ms", o) for o in os_])
+pp = pick(min, [js("median_ms", p) for p in ps])
 cols = [
     (mm, 10, 2), (oo, 10, 2), (mm / oo if mm and oo else None, 9, 2), (pp, 10, 2),
     (2 * float(gmacs) / (mm / 1e3) if mm and gmacs else None, 13, 1),
-    (pick(max, [maskd("peak RSS", m1), maskd("peak RSS", m2)]), 8, 1),
-    (pick(max, [js("peak_rss_mb", o1), js("peak_rss_mb", o2)]), 8, 1),
-    (pick(min, [maskd("load", m1), maskd("load", m2)]), 13, 1),
-    (pick(min, [js("load_ms", o1), js("load_ms", o2)]), 11, 1),
+    (pick(max, [maskd("peak RSS", m) for m in ms]), 8, 1),
+    (pick(max, [js("peak_rss_mb", o) for o in os_]), 8, 1),
+    (pick(min, [maskd("load", m) for m in ms]), 13, 1),
+    (pick(min, [js("load_ms", o) for o in os_]), 11, 1),
 ]
-print(f"{name:<30} {t:>3} " + " ".join(f"{v:{w}.{p}f}" if v is not None else f"{'-':>{w}}" for v, w, p in cols))
+print(f"{name:<30} {t:>3} " + " ".join(f"{v:{w}.{p}f}" if v is not None else f"{'-':>{w}}" for v, w, p in cols)
+      + f"  {rtt}")
 PY
   done
 done
