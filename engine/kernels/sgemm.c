@@ -71,6 +71,8 @@ enum {
      * 4 KB or more apart), which no hardware prefetcher follows: packing row
      * k prefetches the same segments of row k + SEG_PREFETCH_ROWS. */
     SEG_PREFETCH_ROWS = 4,
+    /* B values a one-column product gathers at a time (see one_column). */
+    X_CHUNK = 4096,
 };
 
 static inline int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
@@ -123,7 +125,8 @@ void mk_sgemm_pack_a_t(const float *at, int64_t ldat, int64_t m, int64_t k, floa
 size_t mk_sgemm_scratch_bytes(int64_t n)
 {
     if (n <= 0) return 0;
-    return (size_t)(KC * round_up(min64(n, NC), NR_MAX)) * sizeof(float);
+    const int64_t packed_b = KC * round_up(min64(n, NC), NR_MAX);
+    return (size_t)(packed_b > X_CHUNK ? packed_b : X_CHUNK) * sizeof(float);
 }
 
 /* ---- shared pieces ------------------------------------------------------- */
@@ -209,6 +212,49 @@ static void no_product(int64_t mn, int64_t n, float *c, int64_t ldc, bool accumu
         if (!ep) continue;
         const float bias = ep->bias ? ep->bias[i] : 0.0f;
         for (int64_t j = 0; j < n; j++) row[j] = clamp_scalar(row[j] + bias, ep);
+    }
+}
+
+/*
+ * One column of B (a Linear on one image, a 1x1 conv on a pooled 1x1 map):
+ * the blocked path would pad the column to a whole vector and walk each
+ * panel in KC-deep pieces 40 KB apart; this streams every panel from end to
+ * end, which is all a one-column product needs: it reads each weight once,
+ * so memory bandwidth bounds it (ResNet's 2048 x 1000 classifier: 8 MB per
+ * image).  Four partial sums per row keep the adds independent; plain C,
+ * vectorized by the compiler, is enough at that.  B's column is gathered
+ * into scratch X_CHUNK values at a time (mk_sgemm_scratch_bytes holds them),
+ * C carrying the sums from one chunk to the next.
+ */
+static void one_column(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0, int64_t kn,
+                       const mk_sgemm_b *b, float *c, int64_t ldc, bool accumulate,
+                       const mk_sgemm_epilogue *ep, float *x)
+{
+    enum { LANES = 4 };
+    for (int64_t kb = 0; kb < kn; kb += X_CHUNK) {
+        const int64_t kc = min64(kn - kb, X_CHUNK);
+        const bool add = accumulate || kb > 0, last = kb + kc == kn;
+        for (int64_t k = 0; k < kc; k++) x[k] = b_row_start(b, kb + k)[0];
+        for (int64_t p = m0 / MR; p * MR < m0 + mn; p++) {
+            const float *panel = a->data + p * a->k * MR + (k0 + kb) * MR;
+            float sum[LANES][MR] = {{0}};
+            int64_t k = 0;
+            for (; k + LANES <= kc; k += LANES)
+                for (int l = 0; l < LANES; l++)
+                    for (int r = 0; r < MR; r++) sum[l][r] += panel[(k + l) * MR + r] * x[k + l];
+            for (; k < kc; k++)
+                for (int r = 0; r < MR; r++) sum[0][r] += panel[k * MR + r] * x[k];
+            const int64_t first = p * MR > m0 ? p * MR : m0;
+            const int64_t end = min64((p + 1) * MR, m0 + mn);
+            for (int64_t row = first; row < end; row++) {
+                const int r = (int)(row - p * MR);
+                float v = (sum[0][r] + sum[1][r]) + (sum[2][r] + sum[3][r]);
+                float *out = c + (row - m0) * ldc;
+                if (add) v += *out;
+                if (last && ep) v = clamp_scalar(v + (ep->bias ? ep->bias[row - m0] : 0.0f), ep);
+                *out = v;
+            }
+        }
     }
 }
 
@@ -624,6 +670,10 @@ void mk_sgemm_packed_b(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0,
     if (mn <= 0 || n <= 0) return;
     if (kn <= 0) {
         no_product(mn, n, c, ldc, accumulate, ep);
+        return;
+    }
+    if (n == 1) {
+        one_column(a, m0, mn, k0, kn, b, c, ldc, accumulate, ep, scratch);
         return;
     }
     pthread_once(&isa_once, pick_isa);

@@ -256,6 +256,22 @@ int main(int argc, char **argv)
             pb.ep_kind = (int)(i % 5);
             check("wide", &pb);
         }
+    /* One column of B streams the panels whole, gathering B in chunks of
+     * 4096: K past two chunks, inside a row and a K range, C accumulated. */
+    problem column = whole(37, 1, 9000);
+    column.m0 = 3;
+    column.mn = 30;
+    column.k0 = 100;
+    column.kn = 8500;
+    column.accumulate = true;
+    column.ep_kind = 4;
+    column.pad_b = 2;
+    check("one column", &column);
+    column.seg_w = 1;
+    column.accumulate = false;
+    column.ep_kind = 1;
+    check("one column, rows by pointer", &column);
+
     /* Conv's weight order: taps after channels in a, before them in K. */
     problem conv = whole(24, 50, 9 * 13);
     conv.taps = 9;
