@@ -14,12 +14,15 @@
 
 static const char usage[] =
     "usage: maskd infer MODEL.onnx --input [NAME=]FILE.npy [--input ...] [--output-dir DIR]\n"
-    "                   [--threads N] [--repeat N] [--no-optimize] [--profile]\n"
+    "                   [--threads N] [--repeat N] [--warmup-ms MS] [--no-optimize] [--profile]\n"
     "Runs MODEL on the inputs and writes each output as DIR/<output name>.npy.\n"
     "  --input        a model input from a .npy file; NAME= may be left out for a one-input model\n"
     "  --output-dir   where outputs go (created if missing); without it nothing is written\n"
     "  --threads N    worker threads, counting the caller (default: all CPUs)\n"
     "  --repeat N     run N more times after the first and print min/median latency\n"
+    "  --warmup-ms MS with --repeat: keep running untimed until MS ms have passed since the\n"
+    "                 first run began (a fresh process's threads may share a core for its\n"
+    "                 first ~100 ms, until the kernel spreads them)\n"
     "  --no-optimize  skip constant folding and fusions (to compare against)\n"
     "  --profile      with --repeat: time every node and print where the time goes\n";
 
@@ -111,7 +114,7 @@ int maskd_cmd_infer(int argc, char **argv)
 {
     const char *model_path = NULL, *out_dir = NULL;
     const char *in_specs[64];
-    int n_specs = 0, threads = 0, repeat = 0;
+    int n_specs = 0, threads = 0, repeat = 0, warmup_ms = 0;
     bool profile = false;
     maskd_load_options opt = {.optimize = 1};
     for (int i = 1; i < argc; i++) {
@@ -125,6 +128,9 @@ int maskd_cmd_infer(int argc, char **argv)
         } else if (!strcmp(a, "--threads") && has_val) {
             if (cli_parse_int(argv[++i], 1, 256, &threads))
                 return cli_fail(64, "--threads wants a number from 1 to 256");
+        } else if (!strcmp(a, "--warmup-ms") && has_val) {
+            if (cli_parse_int(argv[++i], 0, 600000, &warmup_ms))
+                return cli_fail(64, "--warmup-ms wants a number from 0 to 600000");
         } else if (!strcmp(a, "--repeat") && has_val) {
             if (cli_parse_int(argv[++i], 0, 1000000, &repeat))
                 return cli_fail(64, "--repeat wants a number from 0 to 1000000");
@@ -220,6 +226,11 @@ int maskd_cmd_infer(int argc, char **argv)
         goto out;
     }
     double first_ms = now_ms() - t0;
+    while (repeat > 0 && now_ms() - t0 < warmup_ms)
+        if (maskd_session_run(session, inputs, n_in, &err)) {
+            rc = cli_fail(1, "%s", err.message);
+            goto out;
+        }
     if (repeat > 0) {
         double *times = malloc((size_t)repeat * sizeof *times);
         if (!times) {

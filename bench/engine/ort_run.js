@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs an ONNX model under ONNX Runtime (npm onnxruntime-node, CPU) on .npy
 // inputs and prints one JSON line: load time, min/median latency, peak RSS.
-//   node ort_run.js MODEL.onnx NAME=FILE.npy [...] [--threads N] [--repeat N]
+//   node ort_run.js MODEL.onnx NAME=FILE.npy [...] [--threads N] [--repeat N] [--warmup-ms MS]
+// Untimed runs go on until MS ms have passed since the first began (at least one).
 'use strict';
 const fs = require('fs');
 const ort = require('onnxruntime-node');
@@ -28,12 +29,13 @@ function readNpy(path) {
 
 async function main() {
   const args = process.argv.slice(2);
-  let threads = 1, repeat = 10;
+  let threads = 1, repeat = 10, warmupMs = 0;
   const feeds = {};
   let model = null;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--threads') threads = Number(args[++i]);
     else if (args[i] === '--repeat') repeat = Number(args[++i]);
+    else if (args[i] === '--warmup-ms') warmupMs = Number(args[++i]);
     else if (args[i].includes('=')) {
       const [name, file] = args[i].split('=');
       feeds[name] = readNpy(file);
@@ -44,7 +46,9 @@ async function main() {
     intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential',
     graphOptimizationLevel: 'all' });
   const loadMs = Number(process.hrtime.bigint() - t0) / 1e6;
-  await session.run(feeds); // warm-up
+  const w0 = process.hrtime.bigint();
+  do await session.run(feeds); // warm-up
+  while (Number(process.hrtime.bigint() - w0) / 1e6 < warmupMs);
   const times = [];
   for (let r = 0; r < repeat; r++) {
     const s = process.hrtime.bigint();

@@ -2,7 +2,8 @@
 # maskd vs ONNX Runtime (and PyTorch as a reference column) on the same .onnx
 # files and inputs.
 #
-#   bench/engine/run.sh [--threads "1 2"] [--repeat N] [--passes N] [--no-torch] [MODEL...]
+#   bench/engine/run.sh [--threads "1 2"] [--repeat N] [--passes N] [--warmup-ms MS]
+#                       [--no-torch] [MODEL...]
 #
 # MODEL is a directory holding model.onnx and input.npy (e.g. the parity
 # suite's build/tests/parity/parity-work/<model>), or one of the names of
@@ -25,7 +26,11 @@
 # package, installed into bench/engine/node_modules) and PyTorch (torch_run.py
 # under /usr/bin/python3) each run once per pass (--passes, default 3),
 # alternating A B C A B C ... so drift in machine load hits all alike; every
-# run is a fresh process doing one warm-up then N timed inferences. Columns:
+# run is a fresh process that warms up (untimed inferences until 500 ms have
+# passed, --warmup-ms; at least one) then times N inferences.  The warm-up is
+# that long because a fresh process's threads may share one core for its
+# first ~100 ms, until the kernel spreads them: 2-thread runs of a few ms
+# were then twice as slow for their first dozen inferences. Columns:
 #   maskd ms, ORT ms, torch ms  the lowest of the passes' median latencies
 #   maskd/ORT                   ratio of those medians (< 1: maskd faster)
 #   maskd GFLOP/s               2 x multiply-adds / maskd's median; the
@@ -58,14 +63,16 @@ python=/usr/bin/python3
 threads="1 2"
 repeat=10
 passes=3
+warmup_ms=500
 torch=1
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --passes) passes=$2; shift 2 ;;
+    --warmup-ms) warmup_ms=$2; shift 2 ;;
     --no-torch) torch=0; shift ;;
-    --help|-h) sed -n 2,51p "$0"; exit 0 ;;
+    --help|-h) sed -n 2,56p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -134,10 +141,12 @@ for dir in "${dirs[@]}"; do
     rtts=()
     for ((pass = 1; pass <= passes; pass++)); do
       if ((t > 1)); then rtts+=("$("$cache/rtt" 2>/dev/null || echo -)"); fi
-      runs+=("$("$maskd" infer "$dir/model.onnx" --input "$input" --threads "$t" --repeat "$repeat" || true)")
-      runs+=("$(node "$here/ort_run.js" "$dir/model.onnx" "$input" --threads "$t" --repeat "$repeat" || true)")
+      runs+=("$("$maskd" infer "$dir/model.onnx" --input "$input" --threads "$t" --repeat "$repeat" --warmup-ms "$warmup_ms" || true)")
+      runs+=("$(node "$here/ort_run.js" "$dir/model.onnx" "$input" --threads "$t" --repeat "$repeat" \
+                  --warmup-ms "$warmup_ms" || true)")
       if [[ $torch == 1 ]]; then
-        runs+=("$("$python" "$here/torch_run.py" "$dir" --threads "$t" --repeat "$repeat" || true)")
+        runs+=("$("$python" "$here/torch_run.py" "$dir" --threads "$t" --repeat "$repeat" \
+                    --warmup-ms "$warmup_ms" || true)")
       else
         runs+=("")
       fi

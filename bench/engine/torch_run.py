@@ -2,7 +2,7 @@
 """PyTorch's latency on a benchmark model directory (see export.py); prints
 one JSON line like ort_run.js.
 
-    torch_run.py MODEL_DIR [--threads N] [--repeat N]
+    torch_run.py MODEL_DIR [--threads N] [--repeat N] [--warmup-ms MS]
 
 torchvision models (meta.json source "torchvision") run as the torch module
 itself: the same constructor with the weights export.py saved in model.pt.
@@ -43,13 +43,15 @@ def load(model_dir):
 
 def main(argv):
     args = argv[1:]
-    threads, repeat, model_dir = 1, 10, None
+    threads, repeat, warmup_ms, model_dir = 1, 10, 0.0, None
     i = 0
     while i < len(args):
         if args[i] == "--threads":
             threads, i = int(args[i + 1]), i + 2
         elif args[i] == "--repeat":
             repeat, i = int(args[i + 1]), i + 2
+        elif args[i] == "--warmup-ms":
+            warmup_ms, i = float(args[i + 1]), i + 2
         elif model_dir is None:
             model_dir, i = args[i], i + 1
         else:
@@ -65,7 +67,10 @@ def main(argv):
     x = torch.from_numpy(np.load(os.path.join(model_dir, "input.npy")))
     times = []
     with torch.no_grad():
-        model(x)  # warm-up
+        w0 = time.perf_counter()
+        model(x)  # warm-up: at least one run, then more until warmup_ms have passed
+        while (time.perf_counter() - w0) * 1e3 < warmup_ms:
+            model(x)
         for _ in range(repeat):
             t0 = time.perf_counter()
             model(x)
