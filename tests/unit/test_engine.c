@@ -39,6 +39,25 @@ static maskd_model *load(const char *name, int optimize)
     return m;
 }
 
+/* A session for the named test model on pool; NULL, with the failure
+ * counted, when loading or creating fails.  *m gets the model to free. */
+static maskd_session *open_session(const char *name, int optimize, maskd_pool *pool,
+                                   maskd_model **m)
+{
+    *m = load(name, optimize);
+    if (!*m) return NULL;
+    maskd_session *s = NULL;
+    maskd_error err = {0};
+    if (maskd_session_create(*m, pool, &s, &err)) {
+        printf("FAIL creating a session for %s: %s\n", name, err.message);
+        failed++;
+        maskd_model_free(*m);
+        *m = NULL;
+        return NULL;
+    }
+    return s;
+}
+
 /* ---- pool -------------------------------------------------------------- */
 
 typedef struct {
@@ -158,11 +177,10 @@ static void test_conv_bn_relu(maskd_pool *pool)
 
 static void test_shape_chain(maskd_pool *pool)
 {
-    maskd_model *m = load("shape_chain", 1);
-    if (!m) return;
-    maskd_session *s;
+    maskd_model *m;
+    maskd_session *s = open_session("shape_chain", 1, pool, &m);
+    if (!s) return;
     maskd_error err;
-    maskd_session_create(m, pool, &s, &err);
     for (int batch = 2; batch <= 5; batch += 3) {
         float x[5 * 48];
         fill_random(x, batch * 48, (unsigned)batch);
@@ -189,11 +207,10 @@ static void test_shape_chain(maskd_pool *pool)
 
 static void test_memory_plan(maskd_pool *pool)
 {
-    maskd_model *m = load("chain", 1);
-    if (!m) return;
-    maskd_session *s;
+    maskd_model *m;
+    maskd_session *s = open_session("chain", 1, pool, &m);
+    if (!s) return;
     maskd_error err;
-    maskd_session_create(m, pool, &s, &err);
     static float x[16 * 32 * 32];
     fill_random(x, 16 * 32 * 32, 3);
     maskd_tensor in = {MASKD_FLOAT, 4, {1, 16, 32, 32}, x};
@@ -219,11 +236,10 @@ static double sigmoid(double v) { return 1 / (1 + exp(-v)); }
 /* Reshape outputs share their input's buffer (see views in make_models.py). */
 static void test_views(maskd_pool *pool)
 {
-    maskd_model *m = load("views", 0);
-    if (!m) return;
-    maskd_session *s;
+    maskd_model *m;
+    maskd_session *s = open_session("views", 0, pool, &m);
+    if (!s) return;
     maskd_error err;
-    maskd_session_create(m, pool, &s, &err);
     enum { N = 16 * 32 * 32 };
     static float x[N];
     fill_random(x, N, 5);
@@ -249,11 +265,10 @@ static void test_views(maskd_pool *pool)
 
 static void test_dynamic(maskd_pool *pool)
 {
-    maskd_model *m = load("dynamic", 1);
-    if (!m) return;
-    maskd_session *s;
+    maskd_model *m;
+    maskd_session *s = open_session("dynamic", 1, pool, &m);
+    if (!s) return;
     maskd_error err;
-    maskd_session_create(m, pool, &s, &err);
     /* Three pairs of identical boxes: one of each pair survives. */
     float boxes[6 * 4] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3, 5, 5, 6, 6, 5, 5, 6, 6};
     float scores[6] = {0.9f, 0.8f, 0.7f, 0.95f, 0.3f, 0.2f};
