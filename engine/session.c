@@ -100,8 +100,8 @@ int maskd_session_create(const maskd_model *model, maskd_pool *pool, maskd_sessi
     }
     s->in_ptrs = calloc((size_t)s->max_arity + 1, sizeof *s->in_ptrs);
     s->out_ptrs = calloc((size_t)s->max_arity + 1, sizeof *s->out_ptrs);
-    if (!s->vals || !s->kind || !s->offset || !s->owner || !s->skip || !s->dynamic || !s->scratch_need ||
-        !s->outputs || !s->in_ptrs || !s->out_ptrs) {
+    if (!s->vals || !s->kind || !s->offset || !s->owner || !s->skip || !s->dynamic ||
+        !s->scratch_need || !s->outputs || !s->in_ptrs || !s->out_ptrs) {
         maskd_session_free(s);
         return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
     }

@@ -71,9 +71,11 @@ enum {
      * 4 KB or more apart), which no hardware prefetcher follows: packing row
      * k prefetches the same segments of row k + SEG_PREFETCH_ROWS. */
     SEG_PREFETCH_ROWS = 4,
-    /* B values a one-column product gathers at a time (see one_column). */
+    /* B values a one-column product gathers at a time (see one_column),
+     * into the scratch that holds a block's packed B for any n. */
     X_CHUNK = 4096,
 };
+_Static_assert(X_CHUNK <= KC * NR_MAX, "one_column's gathered B fits mk_sgemm_scratch_bytes(1)");
 
 static inline int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -125,8 +127,7 @@ void mk_sgemm_pack_a_t(const float *at, int64_t ldat, int64_t m, int64_t k, floa
 size_t mk_sgemm_scratch_bytes(int64_t n)
 {
     if (n <= 0) return 0;
-    const int64_t packed_b = KC * round_up(min64(n, NC), NR_MAX);
-    return (size_t)(packed_b > X_CHUNK ? packed_b : X_CHUNK) * sizeof(float);
+    return (size_t)(KC * round_up(min64(n, NC), NR_MAX)) * sizeof(float);
 }
 
 /* ---- shared pieces ------------------------------------------------------- */
@@ -223,8 +224,8 @@ static void no_product(int64_t mn, int64_t n, float *c, int64_t ldc, bool accumu
  * so memory bandwidth bounds it (ResNet's 2048 x 1000 classifier: 8 MB per
  * image).  Four partial sums per row keep the adds independent; plain C,
  * vectorized by the compiler, is enough at that.  B's column is gathered
- * into scratch X_CHUNK values at a time (mk_sgemm_scratch_bytes holds them),
- * C carrying the sums from one chunk to the next.
+ * into scratch X_CHUNK values at a time, C carrying the sums from one chunk
+ * to the next.
  */
 static void one_column(const mk_packed_a *a, int64_t m0, int64_t mn, int64_t k0, int64_t kn,
                        const mk_sgemm_b *b, float *c, int64_t ldc, bool accumulate,

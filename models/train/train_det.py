@@ -31,9 +31,9 @@ import numpy as np
 
 # OpenMP's threads spin between parallel regions instead of sleeping: a step takes 1.01 s so
 # against 1.09 s (idle 2-core VM, 100-step runs; the losses are the same bit for bit, the policy
-# only moves time; shapes-seg gains more, 0.46 against 0.56 s).  On a machine shared with other work, OMP_WAIT_POLICY=PASSIVE
-# in the environment overrides it: spinning then burns CPU the others need.  Set before torch
-# starts its thread pool.
+# only moves time; shapes-seg gains more, 0.46 against 0.56 s).  On a machine shared with other
+# work, OMP_WAIT_POLICY=PASSIVE in the environment overrides it: spinning then burns CPU the
+# others need.  Set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 import torch  # noqa: E402
 import torch.nn as nn
