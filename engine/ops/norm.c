@@ -34,9 +34,33 @@ static int64_t plane_grain(int64_t plane_size)
     return plane_size >= GRAIN ? 1 : GRAIN / (plane_size > 0 ? plane_size : 1);
 }
 
-/* Independent accumulators: they vectorize, where a single running double
- * sum is a serial chain of dependent adds. */
-enum { LANES = 16 };
+/* Sums run in float lanes within blocks, each lane adding BLOCK / LANES
+ * values, and in double across blocks and lanes: the lanes vectorize at every
+ * ISA level (a running double sum is a serial chain of dependent adds, and
+ * double lanes are half as wide), while no float sum grows long enough to
+ * lose the small terms of a large plane. */
+enum { LANES = 16, BLOCK = 256 };
+
+/* The sum of x[0..n) - c, or (square) of its squares. */
+static inline double deviation_sum(const float *x, int64_t n, float c, bool square)
+{
+    double total = 0.0;
+    int64_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        float lane[LANES] = {0};
+        for (int j = 0; j < BLOCK; j += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float d = x[i + j + k] - c;
+                lane[k] += square ? d * d : d;
+            }
+        for (int k = 0; k < LANES; k++) total += lane[k];
+    }
+    for (; i < n; i++) {
+        double d = (double)x[i] - c;
+        total += square ? d * d : d;
+    }
+    return total;
+}
 
 /* Mean and 1/sqrt(variance + eps) of x[0..n). */
 static void plane_stats(const float *x, int64_t n, float eps, float *mean_out,
@@ -47,28 +71,10 @@ static void plane_stats(const float *x, int64_t n, float eps, float *mean_out,
         *inv_std_out = 1.0f / sqrtf(eps);
         return;
     }
-    double lane[LANES] = {0}, sum = 0.0;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int k = 0; k < LANES; k++) lane[k] += x[i + k];
-    for (; i < n; i++) sum += x[i];
-    for (int k = 0; k < LANES; k++) sum += lane[k];
-    const double mean = sum / (double)n;
-
-    double sq = 0.0;
-    for (int k = 0; k < LANES; k++) lane[k] = 0.0;
-    for (i = 0; i + LANES <= n; i += LANES)
-        for (int k = 0; k < LANES; k++) {
-            double d = x[i + k] - mean;
-            lane[k] += d * d;
-        }
-    for (; i < n; i++) {
-        double d = x[i] - mean;
-        sq += d * d;
-    }
-    for (int k = 0; k < LANES; k++) sq += lane[k];
-    *mean_out = (float)mean;
-    *inv_std_out = (float)(1.0 / sqrt(sq / (double)n + eps));
+    const float mean = (float)(deviation_sum(x, n, 0.0f, false) / (double)n);
+    const double var = deviation_sum(x, n, mean, true) / (double)n;
+    *mean_out = mean;
+    *inv_std_out = (float)(1.0 / sqrt(var + eps));
 }
 
 /* y = (x - mean) * a + b, then the fused activation.  Subtracting the
