@@ -410,6 +410,13 @@ static bool is_op(const mk_node *n, const char *type)
     return !n->domain[0] && !strcmp(n->op_type, type);
 }
 
+/* Node k now writes value v in place of the node(s) fused into it. */
+static void take_output(maskd_model *m, int k, int v)
+{
+    m->nodes[k].outputs[0] = v;
+    m->values[v].producer = k;
+}
+
 /* Conv followed by inference BatchNormalization: the normalisation is a
  * per-output-channel affine map, so it moves into W and B. */
 static int pass_fold_batchnorm(maskd_model *m, bool *dead, mk_error *err)
@@ -491,7 +498,7 @@ static int pass_fold_batchnorm(maskd_model *m, bool *dead, mk_error *err)
         }
         conv->inputs[1] = wid;
         conv->inputs[2] = bid;
-        conv->outputs[0] = bn->outputs[0];
+        take_output(m, k, bn->outputs[0]);
         dead[b] = true;
     }
     return MASKD_OK;
@@ -609,6 +616,194 @@ static bool hard_swish_pair(const maskd_model *m, const bool *dead, int y, int *
     return false;
 }
 
+/* ---- GroupNorm as exporters write it ------------------------------------ */
+
+/*
+ * Before opset 18, PyTorch exports GroupNorm(G, C) on x [N, C, ...] as
+ *
+ *   Reshape(x, [0, G, -1]) -> InstanceNormalization(s, b)
+ *     -> Reshape(Shape(x)) -> Mul(gamma) -> Add(beta)
+ *
+ * with s, b ones and zeros over the G groups and gamma, beta shaped [C, 1, ...].
+ * Mul and Add are two more passes over the map; together the five nodes are
+ * one GroupNormalization with a per-channel affine map, scale[c] = gamma[c] *
+ * s[g] and bias[c] = gamma[c] * b[g] + beta[c] for c's group g.  That holds
+ * only when gamma's broadcast lines up with x's channel axis, i.e. x has
+ * gamma's rank + 1 and C channels: load time proves it from x's producer
+ * (channel_layout) or leaves the chain as it is.
+ */
+
+/* Rank and channel count (dimension 1) of value v where load time can prove
+ * them: a Conv's output has its weight's rank and first dimension; an
+ * activation keeps its input's; a binary elementwise op of operands that
+ * agree on both keeps theirs. */
+static bool channel_layout(const maskd_model *m, int v, int depth, int *rank, int64_t *channels)
+{
+    if (v < 0 || depth > 8 || m->values[v].producer < 0) return false;
+    const mk_node *p = &m->nodes[m->values[v].producer];
+    if (p->n_outputs < 1 || p->outputs[0] != v || p->n_inputs < 1) return false;
+    if (is_op(p, "Conv")) {
+        if (!is_const_input(m, p, 1) || m->values[p->inputs[1]].t.ndim < 3) return false;
+        *rank = m->values[p->inputs[1]].t.ndim;
+        *channels = m->values[p->inputs[1]].t.dims[0];
+        return true;
+    }
+    mk_act act;
+    float alpha, beta;
+    if (activation_of(m, p, &act, &alpha, &beta))
+        return channel_layout(m, p->inputs[0], depth + 1, rank, channels);
+    if (is_op(p, "Add") || is_op(p, "Sub") || is_op(p, "Mul") || is_op(p, "Div")) {
+        int r1;
+        int64_t c1;
+        return p->n_inputs == 2 && channel_layout(m, p->inputs[0], depth + 1, rank, channels) &&
+               channel_layout(m, p->inputs[1], depth + 1, &r1, &c1) && r1 == *rank &&
+               c1 == *channels;
+    }
+    return false;
+}
+
+/* The data of value v when it is a constant of dtype with n elements. */
+static const void *const_data(const maskd_model *m, int v, maskd_dtype dtype, int64_t n)
+{
+    if (v < 0 || !m->values[v].is_initializer) return NULL;
+    const mk_tensor *t = &m->values[v].t;
+    return t->dtype == dtype && mk_numel(t) == n ? t->data : NULL;
+}
+
+/* A float constant that broadcasts over a rank-`rank` tensor as one value
+ * per channel: shape [C, 1, ...] of rank - 1, or [1, C, 1, ...] of rank. */
+static const float *per_channel_const(const maskd_model *m, int v, int rank, int64_t channels)
+{
+    const float *data = const_data(m, v, MASKD_FLOAT, channels);
+    if (!data) return NULL;
+    const mk_tensor *t = &m->values[v].t;
+    if (t->ndim != rank - 1 && t->ndim != rank) return NULL;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->dims[d] != (d == t->ndim - (rank - 1) ? channels : 1)) return NULL;
+    return data;
+}
+
+/* The node that alone reads node k's output and is op_type with that output
+ * as one of its two operands; -1 otherwise.  *other gets the other operand. */
+static int next_in_chain(const maskd_model *m, const bool *dead, int k, const char *op_type,
+                         int *other)
+{
+    int y = m->nodes[k].outputs[0];
+    if (y < 0 || m->values[y].is_graph_output) return -1;
+    int c = sole_consumer(m, dead, y);
+    if (c < 0) return -1;
+    const mk_node *n = &m->nodes[c];
+    if (!is_op(n, op_type) || n->n_inputs != 2 || n->n_outputs != 1 || n->outputs[0] < 0)
+        return -1;
+    if (n->inputs[0] != y && n->inputs[1] != y) return -1;
+    *other = n->inputs[0] == y ? n->inputs[1] : n->inputs[0];
+    return c;
+}
+
+/* Turns InstanceNormalization node k into a GroupNormalization of x with
+ * per-channel scale and bias that writes value out, the chain's result. */
+static int make_groupnorm(maskd_model *m, int k, int64_t groups, int x, int scale, int bias,
+                          int out, mk_error *err)
+{
+    mk_node *n = &m->nodes[k];
+    char *type = strdup("GroupNormalization"), *attr = strdup("num_groups");
+    mk_attr *attrs = realloc(n->attrs, (size_t)(n->n_attrs + 1) * sizeof *attrs);
+    if (attrs) n->attrs = attrs;
+    if (!type || !attr || !attrs) {
+        free(type);
+        free(attr);
+        return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+    }
+    n->attrs[n->n_attrs++] = (mk_attr){.name = attr, .type = MK_ATTR_INT, .i = groups};
+    free(n->op_type);
+    n->op_type = type;
+    n->opset = 21; /* the opset whose scale and bias are per channel */
+    n->op = mk_op_find("", "GroupNormalization", n->opset);
+    n->inputs[0] = x;
+    n->inputs[1] = scale;
+    n->inputs[2] = bias;
+    take_output(m, k, out);
+    return MASKD_OK;
+}
+
+static int pass_fuse_groupnorm(maskd_model *m, bool *dead, mk_error *err)
+{
+    for (int k = 0; k < m->n_nodes; k++) {
+        const mk_node *in = &m->nodes[k];
+        if (dead[k] || !is_op(in, "InstanceNormalization") || in->n_inputs != 3 ||
+            in->n_outputs != 1 || in->act || in->inputs[0] < 0)
+            continue;
+        const int64_t groups = mk_numel(&m->values[in->inputs[1]].t);
+        const float *s = const_data(m, in->inputs[1], MASKD_FLOAT, groups),
+                    *b = const_data(m, in->inputs[2], MASKD_FLOAT, groups);
+        const int r1 = m->values[in->inputs[0]].producer;
+        if (!s || !b || groups < 1 || r1 < 0 || dead[r1]) continue;
+        const mk_node *reshape = &m->nodes[r1];
+        const int64_t *to = is_op(reshape, "Reshape") && reshape->n_inputs == 2
+                                ? const_data(m, reshape->inputs[1], MASKD_INT64, 3) : NULL;
+        if (!to || to[0] != 0 || to[1] != groups || to[2] != -1 ||
+            mk_attr_int(reshape, "allowzero", 0))
+            continue;
+        const int x = reshape->inputs[0];
+        int rank;
+        int64_t channels;
+        if (!channel_layout(m, x, 0, &rank, &channels) || channels % groups) continue;
+
+        /* Reshape back to Shape(x), then Mul by gamma and Add beta. */
+        int shape, gv, bv;
+        const int r2 = next_in_chain(m, dead, k, "Reshape", &shape);
+        if (r2 < 0 || m->nodes[r2].inputs[0] != m->nodes[k].outputs[0]) continue;
+        const int sh = shape >= 0 ? m->values[shape].producer : -1;
+        if (sh < 0 || !is_op(&m->nodes[sh], "Shape") || m->nodes[sh].inputs[0] != x ||
+            mk_attr_find(&m->nodes[sh], "start") || mk_attr_find(&m->nodes[sh], "end"))
+            continue;
+        const int mul = next_in_chain(m, dead, r2, "Mul", &gv);
+        const int add = mul < 0 ? -1 : next_in_chain(m, dead, mul, "Add", &bv);
+        if (add < 0) continue;
+        const float *gamma = per_channel_const(m, gv, rank, channels),
+                    *beta = per_channel_const(m, bv, rank, channels);
+        if (!gamma || !beta) continue;
+
+        mk_tensor ns = {.dtype = MASKD_FLOAT, .ndim = 1, .dims = {channels}}, nb = ns;
+        ns.data = mk_aligned_alloc((size_t)channels * sizeof(float));
+        nb.data = mk_aligned_alloc((size_t)channels * sizeof(float));
+        if (!ns.data || !nb.data) {
+            mk_aligned_free(ns.data);
+            mk_aligned_free(nb.data);
+            return mk_fail(err, MASKD_ERR_NOMEM, "out of memory");
+        }
+        const int64_t per_group = channels / groups;
+        for (int64_t c = 0; c < channels; c++) {
+            const int64_t g = c / per_group;
+            ((float *)ns.data)[c] = (float)((double)gamma[c] * s[g]);
+            ((float *)nb.data)[c] = (float)((double)gamma[c] * b[g] + beta[c]);
+        }
+        /* Decided before the rewrite changes who reads what. */
+        const bool drop_reshape = !m->values[reshape->outputs[0]].is_graph_output &&
+                                  sole_consumer(m, dead, reshape->outputs[0]) == k;
+        const bool drop_shape = !m->values[shape].is_graph_output &&
+                                sole_consumer(m, dead, shape) == r2;
+        const char *base = m->nodes[k].name[0] ? m->nodes[k].name : "groupnorm";
+        int sid = add_initializer(m, base, "_gn_scale", &ns, err);
+        if (sid < 0) {
+            mk_aligned_free(ns.data);
+            mk_aligned_free(nb.data);
+            return err->code;
+        }
+        int bid = add_initializer(m, base, "_gn_bias", &nb, err);
+        if (bid < 0) {
+            mk_aligned_free(nb.data);
+            return err->code;
+        }
+        int rc = make_groupnorm(m, k, groups, x, sid, bid, m->nodes[add].outputs[0], err);
+        if (rc) return rc;
+        dead[r2] = dead[mul] = dead[add] = true;
+        if (drop_reshape) dead[r1] = true;
+        if (drop_shape) dead[sh] = true;
+    }
+    return MASKD_OK;
+}
+
 static void pass_fuse_activation(maskd_model *m, bool *dead)
 {
     for (int k = 0; k < m->n_nodes; k++) {
@@ -623,7 +818,7 @@ static void pass_fuse_activation(maskd_model *m, bool *dead)
         if (hard_swish_pair(m, dead, y, &hs, &mul)) {
             n->act = MK_ACT_HARD_SWISH;
             n->act_alpha = n->act_beta = 0.0f;
-            n->outputs[0] = m->nodes[mul].outputs[0];
+            take_output(m, k, m->nodes[mul].outputs[0]);
             dead[hs] = dead[mul] = true;
             continue;
         }
@@ -637,7 +832,7 @@ static void pass_fuse_activation(maskd_model *m, bool *dead)
         n->act = act;
         n->act_alpha = alpha;
         n->act_beta = beta;
-        n->outputs[0] = an->outputs[0];
+        take_output(m, k, an->outputs[0]);
         dead[a] = true;
     }
 }
@@ -649,6 +844,7 @@ int mk_graph_optimize(maskd_model *m, mk_error *err)
     pass_remove_identity(m, dead);
     int rc = pass_fold_constants(m, dead, err);
     if (!rc) rc = pass_fold_batchnorm(m, dead, err);
+    if (!rc) rc = pass_fuse_groupnorm(m, dead, err);
     if (!rc) pass_fuse_activation(m, dead);
     if (!rc) remove_dead(m, dead);
     free(dead);

@@ -33,6 +33,30 @@ save("conv_bn_relu",
      {"w": f32(5, 3, 3, 3), "b": f32(5), "g": f32(5), "beta": f32(5), "mean": f32(5),
       "var": np.abs(f32(5)) + 0.5})
 
+# GroupNorm as PyTorch exports it before opset 18 (Reshape -> InstanceNorm ->
+# Reshape(Shape) -> Mul -> Add), after a Conv: the optimiser makes it one
+# GroupNormalization (and fuses the Relu).  In gn_chain_rows gamma and beta are
+# [6, 1]: they broadcast over the rows of the 6x5 map, not the channels, and
+# the chain must stay as it is.
+def gn_chain(name, param_shape):
+    save(name,
+         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+          helper.make_node("Reshape", ["c", "groups"], ["g"]),
+          helper.make_node("InstanceNormalization", ["g", "s", "t"], ["n"], epsilon=1e-3),
+          helper.make_node("Shape", ["c"], ["shape"]),
+          helper.make_node("Reshape", ["n", "shape"], ["r"]),
+          helper.make_node("Mul", ["r", "gamma"], ["m"]),
+          helper.make_node("Add", ["beta", "m"], ["a"]),
+          helper.make_node("Relu", ["a"], ["y"])],
+         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 5])],
+         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, 5])],
+         {"w": f32(6, 3, 3, 3), "b": f32(6) + 2.0, "groups": np.array([0, 3, -1], dtype=np.int64),
+          "s": f32(3), "t": f32(3), "gamma": f32(*param_shape), "beta": f32(*param_shape)})
+
+
+gn_chain("gn_chain", (6, 1, 1))
+gn_chain("gn_chain_rows", (6, 1))
+
 # A shape computed from the input, as exporters write Flatten: folded per plan.
 save("shape_chain",
      [helper.make_node("Shape", ["x"], ["s"]),

@@ -136,43 +136,78 @@ static void fill_random(float *x, int64_t n, unsigned seed)
     }
 }
 
-static void test_conv_bn_relu(maskd_pool *pool)
+/* What running a test model with and without optimisation showed. */
+typedef struct {
+    int ran;                /* both runs succeeded with same-shaped outputs */
+    int fused_nodes, raw_nodes;
+    double worst;           /* largest difference between the two outputs */
+    int negative;           /* negative values in the optimised output */
+} fusion_result;
+
+/* Runs model `name` loaded with and without optimisation on one random
+ * input of shape in_dims (rank 4). */
+static fusion_result compare_fusion(maskd_pool *pool, const char *name, const int64_t *in_dims)
 {
-    maskd_model *opt = load("conv_bn_relu", 1), *raw = load("conv_bn_relu", 0);
-    if (!opt || !raw) return;
-    CHECK(maskd_model_num_nodes(opt) == 1, "Conv+BN+Relu fold into one node (got %d)",
-          maskd_model_num_nodes(opt));
-    CHECK(maskd_model_num_nodes(raw) == 3, "without optimisation 3 nodes stay (got %d)",
-          maskd_model_num_nodes(raw));
-    float x[1 * 3 * 9 * 7];
-    fill_random(x, 189, 1);
-    maskd_tensor in = {MASKD_FLOAT, 4, {1, 3, 9, 7}, x};
-    maskd_session *a, *b;
+    fusion_result r = {0};
+    maskd_model *opt = load(name, 1), *raw = load(name, 0);
+    maskd_session *a = NULL, *b = NULL;
     maskd_error err;
-    maskd_session_create(opt, pool, &a, &err);
-    maskd_session_create(raw, pool, &b, &err);
-    int ra = maskd_session_run(a, &in, 1, &err);
-    CHECK(ra == 0, "fused run: %s", err.message);
-    int rb = maskd_session_run(b, &in, 1, &err);
-    CHECK(rb == 0, "unfused run: %s", err.message);
-    if (!ra && !rb) {
-        const maskd_tensor *ya = maskd_session_output(a, 0), *yb = maskd_session_output(b, 0);
-        CHECK(mk_same_shape(ya, yb) && ya->dims[1] == 5 && ya->dims[2] == 9,
-              "fused output shape matches");
-        double worst = 0;
-        int negative = 0;
-        for (int64_t i = 0; i < maskd_tensor_numel(ya); i++) {
-            double d = fabs(((float *)ya->data)[i] - ((float *)yb->data)[i]);
-            if (d > worst) worst = d;
-            negative += ((float *)ya->data)[i] < 0;
-        }
-        CHECK(worst < 1e-4, "fused equals unfused (max diff %g)", worst);
-        CHECK(!negative, "the fused Relu clamps");
+    maskd_tensor in = {MASKD_FLOAT, 4, {in_dims[0], in_dims[1], in_dims[2], in_dims[3]}, NULL};
+    float *x = malloc((size_t)maskd_tensor_numel(&in) * sizeof *x);
+    if (!opt || !raw || !x || maskd_session_create(opt, pool, &a, &err) ||
+        maskd_session_create(raw, pool, &b, &err)) {
+        CHECK(0, "%s: models and sessions", name);
+        goto out;
     }
+    r.fused_nodes = maskd_model_num_nodes(opt);
+    r.raw_nodes = maskd_model_num_nodes(raw);
+    fill_random(x, maskd_tensor_numel(&in), 1);
+    in.data = x;
+    int ra = maskd_session_run(a, &in, 1, &err);
+    CHECK(ra == 0, "%s fused run: %s", name, err.message);
+    int rb = maskd_session_run(b, &in, 1, &err);
+    CHECK(rb == 0, "%s unfused run: %s", name, err.message);
+    if (ra || rb) goto out;
+    const maskd_tensor *ya = maskd_session_output(a, 0), *yb = maskd_session_output(b, 0);
+    r.ran = mk_same_shape(ya, yb);
+    CHECK(r.ran, "%s: fused and unfused output shapes match", name);
+    for (int64_t i = 0; r.ran && i < maskd_tensor_numel(ya); i++) {
+        double d = fabs(((float *)ya->data)[i] - ((float *)yb->data)[i]);
+        if (d > r.worst) r.worst = d;
+        r.negative += ((float *)ya->data)[i] < 0;
+    }
+out:
+    free(x);
     maskd_session_free(a);
     maskd_session_free(b);
     maskd_model_free(opt);
     maskd_model_free(raw);
+    return r;
+}
+
+static void test_conv_bn_relu(maskd_pool *pool)
+{
+    fusion_result r = compare_fusion(pool, "conv_bn_relu", (const int64_t[]){1, 3, 9, 7});
+    CHECK(r.fused_nodes == 1, "Conv+BN+Relu fold into one node (got %d)", r.fused_nodes);
+    CHECK(r.raw_nodes == 3, "without optimisation 3 nodes stay (got %d)", r.raw_nodes);
+    CHECK(r.ran && r.worst < 1e-4, "fused equals unfused (max diff %g)", r.worst);
+    CHECK(r.ran && !r.negative, "the fused Relu clamps");
+}
+
+/* PyTorch's GroupNorm export becomes one GroupNormalization, but only where
+ * gamma's broadcast is per channel. */
+static void test_groupnorm_chain(maskd_pool *pool)
+{
+    const int64_t dims[] = {1, 3, 6, 5};
+    fusion_result r = compare_fusion(pool, "gn_chain", dims);
+    CHECK(r.raw_nodes == 8, "gn_chain has 8 nodes unoptimised (got %d)", r.raw_nodes);
+    CHECK(r.fused_nodes == 2, "Conv, GroupNormalization+Relu remain (got %d)", r.fused_nodes);
+    CHECK(r.ran && r.worst < 1e-4, "fused GroupNorm equals the chain (max diff %g)", r.worst);
+    CHECK(r.ran && !r.negative, "the Relu is applied");
+
+    r = compare_fusion(pool, "gn_chain_rows", dims);
+    CHECK(r.fused_nodes >= 6, "a per-row gamma keeps the chain (%d nodes)", r.fused_nodes);
+    CHECK(r.ran && r.worst < 1e-4, "per-row chain unchanged (max diff %g)", r.worst);
 }
 
 static void test_shape_chain(maskd_pool *pool)
@@ -303,6 +338,7 @@ int main(int argc, char **argv)
     maskd_error err;
     maskd_pool_create(2, &pool, &err);
     test_conv_bn_relu(pool);
+    test_groupnorm_chain(pool);
     test_shape_chain(pool);
     test_memory_plan(pool);
     test_views(pool);
