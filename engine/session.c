@@ -466,8 +466,11 @@ void maskd_session_set_profiling(maskd_session *s, int on)
         s->profile = calloc((size_t)s->model->n_nodes + 1, sizeof *s->profile);
         if (!s->profile) return;
         for (int k = 0; k < s->model->n_nodes; k++) {
-            s->profile[k].node = s->model->nodes[k].name;
-            s->profile[k].op_type = s->model->nodes[k].op_type;
+            const mk_node *nd = &s->model->nodes[k];
+            s->profile[k].node = nd->name;
+            s->profile[k].op_type = nd->op_type;
+            s->profile[k].output = nd->n_outputs > 0 && nd->outputs[0] >= 0
+                                       ? s->model->values[nd->outputs[0]].name : "";
         }
     }
     s->profiling = on && s->profile;

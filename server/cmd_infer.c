@@ -14,7 +14,8 @@
 
 static const char usage[] =
     "usage: maskd infer MODEL.onnx --input [NAME=]FILE.npy [--input ...] [--output-dir DIR]\n"
-    "                   [--threads N] [--repeat N] [--warmup-ms MS] [--no-optimize] [--profile]\n"
+    "                   [--threads N] [--repeat N] [--warmup-ms MS] [--no-optimize]\n"
+    "                   [--profile] [--profile-nodes N]\n"
     "Runs MODEL on the inputs and writes each output as DIR/<output name>.npy.\n"
     "  --input        a model input from a .npy file; NAME= may be left out for a one-input model\n"
     "  --output-dir   where outputs go (created if missing); without it nothing is written\n"
@@ -24,7 +25,9 @@ static const char usage[] =
     "                 first run began (a fresh process's threads may share a core for its\n"
     "                 first ~100 ms, until the kernel spreads them)\n"
     "  --no-optimize  skip constant folding and fusions (to compare against)\n"
-    "  --profile      with --repeat: time every node and print where the time goes\n";
+    "  --profile      with --repeat: time every node and print where the time goes\n"
+    "  --profile-nodes N  with --profile: list the N slowest nodes (default 15; 0: all), each\n"
+    "                 with the value it writes (after fusion, the fused chain's result)\n";
 
 static double now_ms(void)
 {
@@ -71,8 +74,8 @@ static int node_by_ms_desc(const void *a, const void *b)
     return mx < my ? 1 : mx > my ? -1 : 0;
 }
 
-/* Per-run milliseconds by op type, then the slowest nodes. */
-static void print_profile(const maskd_session *session)
+/* Per-run milliseconds by op type, then the `top` slowest nodes (0: all). */
+static void print_profile(const maskd_session *session, int top)
 {
     int n;
     const maskd_node_time *t = maskd_session_profile(session, &n);
@@ -102,10 +105,10 @@ static void print_profile(const maskd_session *session)
     for (int j = 0; j < n_ops; j++)
         printf("%-24s %10.3f %6.1f %6d\n", ops[j].op_type, ops[j].ms,
                total > 0 ? 100 * ops[j].ms / total : 0, ops[j].nodes);
-    printf("\n%-48s %-18s %10s\n", "slowest nodes", "op type", "ms/run");
-    for (int k = 0; k < n_nodes && k < 15; k++)
-        printf("%-48.48s %-18s %10.3f\n", nodes[k].node, nodes[k].op_type,
-               nodes[k].total_ms / nodes[k].runs);
+    printf("\n%-48s %-18s %10s  %s\n", "slowest nodes", "op type", "ms/run", "output");
+    for (int k = 0; k < n_nodes && (top == 0 || k < top); k++)
+        printf("%-48s %-18s %10.3f  %s\n", nodes[k].node, nodes[k].op_type,
+               nodes[k].total_ms / nodes[k].runs, nodes[k].output);
     free(ops);
     free(nodes);
 }
@@ -114,7 +117,7 @@ int maskd_cmd_infer(int argc, char **argv)
 {
     const char *model_path = NULL, *out_dir = NULL;
     const char *in_specs[64];
-    int n_specs = 0, threads = 0, repeat = 0, warmup_ms = 0;
+    int n_specs = 0, threads = 0, repeat = 0, warmup_ms = 0, profile_nodes = 15;
     bool profile = false;
     maskd_load_options opt = {.optimize = 1};
     for (int i = 1; i < argc; i++) {
@@ -136,6 +139,9 @@ int maskd_cmd_infer(int argc, char **argv)
                 return cli_fail(64, "--repeat wants a number from 0 to 1000000");
         } else if (!strcmp(a, "--profile")) {
             profile = true;
+        } else if (!strcmp(a, "--profile-nodes") && has_val) {
+            if (cli_parse_int(argv[++i], 0, 1000000, &profile_nodes))
+                return cli_fail(64, "--profile-nodes wants a number from 0 to 1000000");
         } else if (!strcmp(a, "--no-optimize")) {
             opt.optimize = 0;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -255,7 +261,7 @@ int maskd_cmd_infer(int argc, char **argv)
                load_ms, first_ms, repeat, times[0], times[repeat / 2], times[repeat - 1],
                maskd_pool_threads(pool), ru.ru_maxrss / 1024.0);
         free(times);
-        if (profile) print_profile(session);
+        if (profile) print_profile(session, profile_nodes);
     }
     if (out_dir) {
         if (mkdir(out_dir, 0777) && errno != EEXIST) {

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-"""Where a model's convolutions stand against the machine's FMA peak.
+"""Where a model's convolutions stand against the machine's FMA peak, and node by node
+against ONNX Runtime.
 
-    layers.py MODEL_DIR [--threads 1] [--repeat 5] [--maskd build/server/maskd] [--peak GFLOPS]
+    layers.py MODEL_DIR [--threads 1] [--repeat 5] [--nodes 25] [--ort]
+              [--maskd build/server/maskd] [--peak GFLOPS]
 
 MODEL_DIR holds model.onnx and input.npy (bench/engine/run.sh's cache, e.g.
 build/bench-engine/deeplabv3_resnet50).  Runs `maskd infer --profile` and
@@ -10,12 +12,22 @@ reached and that as a share of the peak: by default bench/engine/peak.c's
 AVX-512 FMA rate (AVX2 where AVX-512 is absent) at the same thread count (built into MODEL_DIR/../peak by
 run.sh).  Multiply-adds are counted densely: an atrous conv whose taps land in
 the zero padding is credited with them, so it can show more than the peak.
+
+--ort adds ONNX Runtime's time for the same node (its own profiler: ort_run.js
+--profile, the same thread count, warm-up and repeat).  Nodes are matched by
+name, or by the value they write: ORT names a node it moved to its blocked
+layout after that value (+ "_nchwc"), and a fused chain on either side writes
+the chain's last value.  ORT's layout reorders match nothing and are summed
+apart.  Both profilers time each node on its own, which adds the same small
+cost per node on both sides; compare nodes, not the totals with run.sh's.
 """
+import json
 import argparse
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -44,6 +56,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--maskd", default=os.environ.get("MASKD", os.path.join(ROOT, "build/server/maskd")))
     ap.add_argument("--peak", type=float, help="GFLOP/s to compare with (default: measured)")
+    ap.add_argument("--nodes", type=int, default=25, help="how many of the slowest nodes (0: all)")
+    ap.add_argument("--ort", action="store_true", help="add ONNX Runtime's time per node")
     args = ap.parse_args()
 
     onnx_path = os.path.join(args.model_dir, "model.onnx")
@@ -54,26 +68,72 @@ def main():
     else:
         peak, how = measured_peak(args.model_dir, args.threads)
     prof = subprocess.run([args.maskd, "infer", onnx_path, "--input", os.path.join(args.model_dir, "input.npy"),
-                           "--threads", str(args.threads), "--repeat", str(args.repeat), "--profile"],
+                           "--threads", str(args.threads), "--repeat", str(args.repeat), "--warmup-ms", "500",
+                           "--profile", "--profile-nodes", str(args.nodes)],
                           capture_output=True, text=True, check=True).stdout
     print(prof.splitlines()[0])
     print("peak: %.1f GFLOP/s (%s)" % (peak, how))
-    print("%-52s %-6s %8s %9s %9s %7s" % ("node", "op", "GMACs", "ms/run", "GFLOP/s", "% peak"))
+    ort = ort_profile(onnx_path, os.path.join(args.model_dir, "input.npy"), args) if args.ort else None
+    matched = set()
+    print("%-52s %-6s %8s %9s %9s %7s%s" % ("node", "op", "GMACs", "ms/run", "GFLOP/s", "% peak",
+                                            "  ORT ms/run  maskd/ORT" if ort else ""))
     rows = prof[prof.index("slowest nodes"):].splitlines()[1:]
     for line in rows:
-        parts = line.split()
-        if len(parts) < 3:
+        row = re.match(r"^(.*?)\s+(\S+)\s+([0-9.]+)\s+(\S*)$", line)
+        if not row:
             continue
-        name, op, ms = " ".join(parts[:-2]), parts[-2], float(parts[-1])
+        name, op, ms, output = row.group(1), row.group(2), float(row.group(3)), row.group(4)
         m = macs.get(name)
-        if m is None:   # the profile cuts long names: take the one node the prefix names
-            hits = [v for k, v in macs.items() if k.startswith(name)]
-            m = hits[0] if len(hits) == 1 else None
+        cells = "%-52s %-6s" % (name[-52:], op)
         if not m or ms <= 0:
-            print("%-52s %-6s %8s %9.3f" % (name[-52:], op, "-", ms))
+            cells += " %8s %9.3f %9s %7s" % ("-", ms, "", "")
+        else:
+            gflops = 2 * m / (ms / 1e3) / 1e9
+            cells += " %8.4f %9.3f %9.1f %6.0f%%" % (m / 1e9, ms, gflops, 100 * gflops / peak)
+        if ort:
+            key = name if name in ort else output if output in ort else None
+            if key:
+                matched.add(key)
+                cells += "  %10.3f  %9.2f" % (ort[key], ms / ort[key] if ort[key] > 0 else float("nan"))
+            else:
+                cells += "  %10s" % "-"
+        print(cells)
+    if ort:
+        total = sum(ort.values())
+        rest = sum(v for k, v in ort.items() if k not in matched)
+        print("ORT: %.3f ms/run over all nodes, %.3f of it in nodes not listed above" % (total, rest))
+
+
+def ort_profile(onnx_path, input_path, args):
+    """ONNX Runtime's kernel time per node (ms per timed run), keyed by node name and, for
+    the nodes it renamed into its blocked layout, by the value they write."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(["node", os.path.join(HERE, "ort_run.js"), onnx_path,
+                              "%s=%s" % (onnx_input_name(onnx_path), input_path),
+                              "--threads", str(args.threads), "--repeat", str(args.repeat),
+                              "--warmup-ms", "500", "--profile", tmp],
+                             capture_output=True, text=True, check=True).stdout
+        events = json.load(open(json.loads(out.splitlines()[-1])["profile_file"]))
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    timed = runs[-args.repeat:]
+    per_node = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
-        gflops = 2 * m / (ms / 1e3) / 1e9
-        print("%-52s %-6s %8.4f %9.3f %9.1f %6.0f%%" % (name[-52:], op, m / 1e9, ms, gflops, 100 * gflops / peak))
+        if not any(a <= e["ts"] <= b for a, b in timed):
+            continue
+        name = e["name"][:-len("_kernel_time")]
+        if name.endswith("_nchwc"):
+            name = name[:-len("_nchwc")]
+        per_node[name] = per_node.get(name, 0.0) + e["dur"] / 1e3 / len(timed)
+    return per_node
+
+
+def onnx_input_name(onnx_path):
+    import onnx
+    m = onnx.load(onnx_path, load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits][0]
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 // Runs an ONNX model under ONNX Runtime (npm onnxruntime-node, CPU) on .npy
 // inputs and prints one JSON line: load time, min/median latency, peak RSS.
 //   node ort_run.js MODEL.onnx NAME=FILE.npy [...] [--threads N] [--repeat N] [--warmup-ms MS]
+//                   [--profile DIR]
 // Untimed runs go on until MS ms have passed since the first began (at least one).
+// --profile: ORT's own per-node trace of the timed runs (a JSON file in DIR, named in
+// the output line as profile_file; bench/engine/layers.py --ort reads it).
 'use strict';
 const fs = require('fs');
+const path = require('path');
 const ort = require('onnxruntime-node');
 
 function readNpy(path) {
@@ -29,26 +33,35 @@ function readNpy(path) {
 
 async function main() {
   const args = process.argv.slice(2);
-  let threads = 1, repeat = 10, warmupMs = 0;
+  let threads = 1, repeat = 10, warmupMs = 0, profileDir = null;
   const feeds = {};
   let model = null;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--threads') threads = Number(args[++i]);
     else if (args[i] === '--repeat') repeat = Number(args[++i]);
     else if (args[i] === '--warmup-ms') warmupMs = Number(args[++i]);
+    else if (args[i] === '--profile') profileDir = args[++i];
     else if (args[i].includes('=')) {
       const [name, file] = args[i].split('=');
       feeds[name] = readNpy(file);
     } else model = args[i];
   }
   const t0 = process.hrtime.bigint();
-  const session = await ort.InferenceSession.create(model, {
-    intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential',
-    graphOptimizationLevel: 'all' });
+  const options = { intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential',
+    graphOptimizationLevel: 'all' };
+  let earlier = null;
+  if (profileDir) {
+    fs.mkdirSync(profileDir, { recursive: true });
+    earlier = new Set(fs.readdirSync(profileDir));
+    Object.assign(options, { enableProfiling: true, profileFilePrefix: path.join(profileDir, 'ort') });
+  }
+  const session = await ort.InferenceSession.create(model, options);
   const loadMs = Number(process.hrtime.bigint() - t0) / 1e6;
   const w0 = process.hrtime.bigint();
   do await session.run(feeds); // warm-up
   while (Number(process.hrtime.bigint() - w0) / 1e6 < warmupMs);
+  // Profiling starts with the session, so the trace holds the warm-up runs too; they are
+  // told apart by count (the last `repeat` model_run events are the timed ones).
   const times = [];
   for (let r = 0; r < repeat; r++) {
     const s = process.hrtime.bigint();
@@ -56,8 +69,17 @@ async function main() {
     times.push(Number(process.hrtime.bigint() - s) / 1e6);
   }
   times.sort((a, b) => a - b);
-  console.log(JSON.stringify({ runtime: 'onnxruntime-node', version: ort.env.versions ? ort.env.versions.common : undefined,
+  const result = { runtime: 'onnxruntime-node', version: ort.env.versions ? ort.env.versions.common : undefined,
     threads, load_ms: loadMs, min_ms: times[0], median_ms: times[Math.floor(times.length / 2)],
-    peak_rss_mb: process.resourceUsage().maxRSS / 1024 }));
+    peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
+  if (profileDir) {
+    // The trace is complete when profiling ends (endProfiling, or the session's release).
+    if (session.endProfiling) session.endProfiling();
+    if (session.release) await session.release();
+    const written = fs.readdirSync(profileDir).filter((f) => f.startsWith('ort') && !earlier.has(f));
+    if (written.length !== 1) throw new Error(`no single new profile in ${profileDir}`);
+    result.profile_file = path.join(profileDir, written[0]);
+  }
+  console.log(JSON.stringify(result));
 }
 main().catch((e) => { console.error(`ort_run: ${e.message}`); process.exit(1); });

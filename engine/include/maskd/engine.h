@@ -137,6 +137,7 @@ const maskd_tensor *maskd_session_output(const maskd_session *session, int i);
 typedef struct maskd_node_time {
     const char *node;
     const char *op_type;
+    const char *output; /* the value it writes (after fusion: the fused chain's last) */
     double total_ms;
     int64_t runs;
 } maskd_node_time;
