@@ -731,7 +731,8 @@ static int pass_fuse_groupnorm(maskd_model *m, bool *dead, mk_error *err)
     for (int k = 0; k < m->n_nodes; k++) {
         const mk_node *in = &m->nodes[k];
         if (dead[k] || !is_op(in, "InstanceNormalization") || in->n_inputs != 3 ||
-            in->n_outputs != 1 || in->act || in->inputs[0] < 0)
+            in->n_outputs != 1 || in->act || in->inputs[0] < 0 || in->inputs[1] < 0 ||
+            in->inputs[2] < 0)
             continue;
         const int64_t groups = mk_numel(&m->values[in->inputs[1]].t);
         const float *s = const_data(m, in->inputs[1], MASKD_FLOAT, groups),
