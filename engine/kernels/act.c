@@ -3,9 +3,11 @@
  * vector forms of act_simd.h picked once from mk_cpu_level().  Before it the
  * activations went through one plain loop, which the compiler left scalar
  * for HardSwish; as a conv epilogue over a whole map that cost more than
- * the separate ops it replaced.
+ * the separate ops it replaced.  The same kernels serve the Sigmoid op
+ * (mk_act_map, out of place) and Softmax's exponential (mk_exp_span).
  */
 #include <pthread.h>
+#include <string.h>
 
 #include "act_simd.h"
 
@@ -16,39 +18,52 @@ bool mk_act_span_supports(int act)
     case MK_ACT_RELU:
     case MK_ACT_CLIP:
     case MK_ACT_LEAKY_RELU:
+    case MK_ACT_SIGMOID:
     case MK_ACT_HARD_SIGMOID:
     case MK_ACT_HARD_SWISH: return true;
     default: return false;
     }
 }
 
-static void span_portable(float *x, int64_t n, const mk_act_spec *a)
+/* y = act(x) over n floats (y may be x); exp_only: y = e^x instead. */
+static void span_portable(const float *x, float *y, int64_t n, const mk_act_spec *a,
+                          bool exp_only)
 {
-    for (int64_t i = 0; i < n; i++) x[i] = mk_act_scalar(x[i], a);
+    if (exp_only)
+        for (int64_t i = 0; i < n; i++) y[i] = mk_exp_scalar(x[i]);
+    else
+        for (int64_t i = 0; i < n; i++) y[i] = mk_act_scalar(x[i], a);
 }
 
 #ifdef MK_ACT_X86
-__attribute__((target("avx2,fma"))) static void span_avx2(float *x, int64_t n,
-                                                          const mk_act_spec *a)
+__attribute__((target("avx2,fma"))) static void span_avx2(const float *x, float *y, int64_t n,
+                                                          const mk_act_spec *a, bool exp_only)
 {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, act8(_mm256_loadu_ps(x + i), a));
-    for (; i < n; i++) x[i] = mk_act_scalar(x[i], a);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        _mm256_storeu_ps(y + i, exp_only ? exp8(v) : act8(v, a));
+    }
+    span_portable(x + i, y + i, n - i, a, exp_only);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void
-span_avx512(float *x, int64_t n, const mk_act_spec *a)
+span_avx512(const float *x, float *y, int64_t n, const mk_act_spec *a, bool exp_only)
 {
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, act16(_mm512_loadu_ps(x + i), a));
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        _mm512_storeu_ps(y + i, exp_only ? exp16(v) : act16(v, a));
+    }
     if (i < n) {
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, act16(_mm512_maskz_loadu_ps(m, x + i), a));
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        _mm512_mask_storeu_ps(y + i, m, exp_only ? exp16(v) : act16(v, a));
     }
 }
 #endif
 
-typedef void (*span_fn)(float *x, int64_t n, const mk_act_spec *a);
+typedef void (*span_fn)(const float *x, float *y, int64_t n, const mk_act_spec *a, bool exp_only);
 static span_fn span_kernel = span_portable;
 static pthread_once_t span_once = PTHREAD_ONCE_INIT;
 
@@ -63,9 +78,23 @@ static void pick_span_kernel(void)
 #endif
 }
 
-void mk_act_span(float *x, int64_t n, const mk_act_spec *a)
+void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a)
 {
-    if (a->act == MK_ACT_NONE || n <= 0) return;
+    if (n <= 0) return;
+    if (a->act == MK_ACT_NONE) {
+        if (x != y) memmove(y, x, (size_t)n * sizeof *y);
+        return;
+    }
     pthread_once(&span_once, pick_span_kernel);
-    span_kernel(x, n, a);
+    span_kernel(x, y, n, a, false);
+}
+
+void mk_act_span(float *x, int64_t n, const mk_act_spec *a) { mk_act_map(x, x, n, a); }
+
+void mk_exp_span(float *x, int64_t n)
+{
+    static const mk_act_spec none = {MK_ACT_NONE, 0.0f, 0.0f};
+    if (n <= 0) return;
+    pthread_once(&span_once, pick_span_kernel);
+    span_kernel(x, x, n, &none, true);
 }

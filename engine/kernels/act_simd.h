@@ -1,12 +1,16 @@
 /*
  * The fused activations (mk_act_spec) on one value and on AVX2 / AVX-512
  * vectors, inline for the kernels that apply them as they store (depthwise)
- * and for mk_act_span (kernels/act.c).  One arithmetic for all: the scalar
- * form is ops/activation.c's, the vector forms make the same comparisons in
- * the same order, so fused, unfused and portable runs agree.
+ * and for mk_act_span (kernels/act.c).  One arithmetic for all: the vector
+ * forms make the scalar ones' comparisons in the same order and the same
+ * operations (Sigmoid's exponential included), so fused, unfused and portable
+ * runs agree, up to the rounding of a multiply-add the compiler may fuse.
  */
 #ifndef MK_ACT_SIMD_H
 #define MK_ACT_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
 
 #include "../mk.h"
 #include "kernels.h"
@@ -15,6 +19,43 @@
 #include <immintrin.h>
 #define MK_ACT_X86 1
 #endif
+
+/*
+ * e^x where only moderate arguments matter: Sigmoid (through e^-x) and
+ * Softmax (through e^(x - max) <= 1).  e^x = 2^n * e^r with n = round(x /
+ * ln 2), |r| <= ln2/2, and e^r by its Taylor series to r^7; measured error at
+ * most 1.5 ulp.  2^n must stay a normal float, so arguments below -87 give 0
+ * (e^-87 is 1.6e-38) and those above 88 give e^88, which neither user can
+ * observe at float precision.  NaN propagates.  exp8 and exp16 below do the
+ * same arithmetic on vectors.
+ */
+enum { MK_EXP_DEGREE = 7 };
+#define MK_EXP_LOG2E 1.44269504088896341f
+/* ln 2 split so that n * ln2_hi is exact for |n| < 2^9. */
+#define MK_EXP_LN2_HI 0.693359375f
+#define MK_EXP_LN2_LO -2.12194440054690583e-4f
+/* Adding 1.5 * 2^23 rounds to an integer without a libm call. */
+#define MK_EXP_ROUND 12582912.0f
+
+static inline float mk_exp_scalar(float x)
+{
+    float v = x > -87.0f ? x : -87.0f; /* also maps NaN to -87 */
+    v = v < 88.0f ? v : 88.0f;
+    float n = (v * MK_EXP_LOG2E + MK_EXP_ROUND) - MK_EXP_ROUND;
+    float r = (v - n * MK_EXP_LN2_HI) - n * MK_EXP_LN2_LO;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = x < -87.0f ? 0.0f : p * scale;
+    return x == x ? y : x;
+}
 
 static inline float mk_act_scalar(float v, const mk_act_spec *ep)
 {
@@ -25,6 +66,7 @@ static inline float mk_act_scalar(float v, const mk_act_spec *ep)
         return c > ep->beta ? ep->beta : c;
     }
     case MK_ACT_LEAKY_RELU: return v < 0.0f ? ep->alpha * v : v;
+    case MK_ACT_SIGMOID: return 1.0f / (1.0f + mk_exp_scalar(-v));
     case MK_ACT_HARD_SIGMOID: {
         float h = ep->alpha * v + ep->beta;
         h = h < 0.0f ? 0.0f : h;
@@ -41,6 +83,52 @@ static inline float mk_act_scalar(float v, const mk_act_spec *ep)
 }
 
 #ifdef MK_ACT_X86
+/* mk_exp_scalar on eight lanes. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
+{
+    /* max/min return their second operand on NaN: NaN becomes -87, as above */
+    __m256 v = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    v = _mm256_min_ps(v, _mm256_set1_ps(88.0f));
+    const __m256 round = _mm256_set1_ps(MK_EXP_ROUND);
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(MK_EXP_LOG2E)), round), round);
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(v, _mm256_mul_ps(n, _mm256_set1_ps(MK_EXP_LN2_HI))),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(MK_EXP_LN2_LO)));
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 720));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 120));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 24));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 6));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    y = _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
+    return _mm256_blendv_ps(x, y, _mm256_cmp_ps(x, x, _CMP_ORD_Q));
+}
+
+/* mk_exp_scalar on sixteen lanes. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
+    __attribute__((always_inline)) __m512 exp16(__m512 x)
+{
+    __m512 v = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    v = _mm512_min_ps(v, _mm512_set1_ps(88.0f));
+    const __m512 round = _mm512_set1_ps(MK_EXP_ROUND);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(MK_EXP_LOG2E)), round), round);
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(v, _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_HI))),
+                                   _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 720));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+    y = _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ), y);
+    return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), y);
+}
+
 /* The activation on a vector, with mk_act_scalar's comparisons (NaN included:
  * max/min return their second operand on NaN). */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 act8(__m256 v, const mk_act_spec *ep)
@@ -53,6 +141,8 @@ __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline))
     case MK_ACT_LEAKY_RELU:
         return _mm256_blendv_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
                                 _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    case MK_ACT_SIGMOID:
+        return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(v, _mm256_set1_ps(-0.0f)))));
     case MK_ACT_HARD_SIGMOID: {
         const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
                                        _mm256_set1_ps(ep->beta));
@@ -79,6 +169,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
     case MK_ACT_LEAKY_RELU:
         return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ),
                                   _mm512_set1_ps(ep->alpha), v);
+    case MK_ACT_SIGMOID:
+        return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_xor_ps(v, _mm512_set1_ps(-0.0f)))));
     case MK_ACT_HARD_SIGMOID: {
         const __m512 h = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(ep->alpha), v),
                                        _mm512_set1_ps(ep->beta));

@@ -33,8 +33,8 @@
  *             tabulated once per call and constant loops on full rows.
  *
  * Planes come in runs (mk_depthwise_planes) so the geometry and mask tables
- * are worked out once per run, not per plane.  The fused activation (all but
- * Sigmoid, act_simd.h) is applied as each vector is stored.
+ * are worked out once per run, not per plane.  The fused activation
+ * (act_simd.h) is applied as each vector is stored.
  *
  * The strided walk also serves convs with a few input channels and stride 2
  * (a network's stem, mk_stem_conv_rows): every output channel of a block at

@@ -95,8 +95,9 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
 /*
  * A fused activation: an mk_act (engine/mk.h) and its parameters.
  * mk_act_span applies one in place over n floats with the widest vectors
- * the CPU has, for the activations mk_act_span_supports (all that fuse but
- * Sigmoid).
+ * the CPU has, for the activations mk_act_span_supports (all that fuse);
+ * mk_act_map does the same from x into y.  mk_exp_span: x = e^x in place
+ * (act_simd.h's mk_exp_scalar, for arguments that stay moderate).
  */
 typedef struct mk_act_spec {
     int act; /* mk_act */
@@ -105,6 +106,8 @@ typedef struct mk_act_spec {
 
 bool mk_act_span_supports(int act);
 void mk_act_span(float *x, int64_t n, const mk_act_spec *a);
+void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a);
+void mk_exp_span(float *x, int64_t n);
 
 /*
  * Direct depthwise convolution: y[iter grid] = act(bias + sum over taps of

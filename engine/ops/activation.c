@@ -68,45 +68,8 @@ enum { GRAIN_CHEAP = 16384, GRAIN_TRANSCENDENTAL = 4096 };
 
 /* ---- exp ------------------------------------------------------------------ */
 
-/*
- * e^x for the ops where only moderate arguments matter: Sigmoid (through
- * e^-x) and Softmax (through e^(x - max) <= 1).  libm's expf is a call per
- * element; this is straight-line arithmetic the compiler vectorizes.
- * e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln2/2, and e^r by its
- * Taylor series to r^7; measured error at most 1.5 ulp.  2^n must stay a
- * normal float, so arguments below -87 give 0 (e^-87 is 1.6e-38) and those
- * above 88 give e^88, which neither user can observe at float precision.
- * NaN propagates.
- */
-static inline float exp_approx(float x)
-{
-    const float log2e = 1.44269504088896341f;
-    /* ln 2 split so that n * ln2_hi is exact for |n| < 2^9. */
-    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440054690583e-4f;
-    /* Adding 1.5 * 2^23 rounds to an integer without a libm call. */
-    const float round_magic = 12582912.0f;
-    float v = x > -87.0f ? x : -87.0f; /* also maps NaN to -87 */
-    v = v < 88.0f ? v : 88.0f;
-    float n = (v * log2e + round_magic) - round_magic;
-    float r = (v - n * ln2_hi) - n * ln2_lo;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = x < -87.0f ? 0.0f : p * scale;
-    return x == x ? y : x;
-}
-
-void mk_exp_approx(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) x[i] = exp_approx(x[i]);
-}
+/* Softmax's exponential: kernels/act_simd.h's mk_exp_scalar, vectorized. */
+void mk_exp_approx(float *x, int64_t n) { mk_exp_span(x, n); }
 
 /* ---- float maps ---------------------------------------------------------- */
 
@@ -128,9 +91,11 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
             y[i] = v > beta ? beta : v;
         }
         break;
-    case U_SIGMOID:
-        for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + exp_approx(-x[i]));
+    case U_SIGMOID: {
+        const mk_act_spec a = {MK_ACT_SIGMOID, 0.0f, 0.0f};
+        mk_act_map(x, y, n, &a);
         break;
+    }
     case U_HARD_SIGMOID:
         for (int64_t i = 0; i < n; i++) {
             float v = alpha * x[i] + beta;
@@ -352,16 +317,8 @@ static void int_type_range(maskd_dtype t, int64_t *lo_s, int64_t *hi_s, uint64_t
 
 void mk_apply_act(float *x, int64_t n, mk_act act, float alpha, float beta)
 {
-    if (mk_act_span_supports(act)) {
-        const mk_act_spec a = {act, alpha, beta};
-        mk_act_span(x, n, &a);
-        return;
-    }
-    /* The one fused activation the span kernels leave out runs through the
-     * Sigmoid op's own map; the fusion pass sets no others. */
-    if (act != MK_ACT_SIGMOID) return;
-    const unary_params p = {.kind = U_SIGMOID, .alpha = alpha, .beta = beta};
-    map_f32(x, x, n, &p);
+    const mk_act_spec a = {act, alpha, beta};
+    mk_act_span(x, n, &a);
 }
 
 int mk_infer_same_as_input(mk_ctx *ctx)

@@ -817,8 +817,9 @@ static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
 static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
 {
     const conv_plan *p = job->p;
-    /* The kernel stores through the activation when it can; the rest
-     * (Sigmoid) runs over each plane while it is still in cache. */
+    /* The kernel stores through the activation when it can (every one the
+     * graph fuses, today); any other runs over each plane while it is still
+     * in cache. */
     const bool fused = mk_act_span_supports(job->act);
     const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
     /* Runs of output channels of one image: with one output per input
