@@ -588,20 +588,26 @@ static int consumers(const maskd_model *m, const bool *dead, int v, int *out, in
     return found;
 }
 
-/* y * HardSigmoid(y) with HardSwish's constants (1/6, 1/2) as y's only
- * readers: how exporters write HardSwish before opset 14 (torchvision's
- * MobileNetV3 at opset 13).  On a match, the two nodes and true. */
-static bool hard_swish_pair(const maskd_model *m, const bool *dead, int y, int *hs, int *mul)
+/* y * gate(y) as y's only readers, an activation exporters write as two
+ * nodes: with gate HardSigmoid(1/6, 1/2) it is HardSwish (before opset 14;
+ * torchvision's MobileNetV3 at opset 13), with gate Sigmoid it is SiLU
+ * (YOLO-style networks).  On a match, the two nodes, the activation and true. */
+static bool self_gate_pair(const maskd_model *m, const bool *dead, int y, int *gate, int *mul,
+                           mk_act *act)
 {
     int r[2];
     if (consumers(m, dead, y, r, 2) != 2) return false;
     for (int j = 0; j < 2; j++) {
         const mk_node *h = &m->nodes[r[j]], *x = &m->nodes[r[1 - j]];
-        if (!is_op(h, "HardSigmoid") || h->n_inputs != 1 || h->inputs[0] != y ||
-            h->n_outputs != 1 || h->outputs[0] < 0)
+        if (h->n_inputs != 1 || h->inputs[0] != y || h->n_outputs != 1 || h->outputs[0] < 0)
             continue;
-        if (fabsf(mk_attr_float(h, "alpha", 0.2f) - 1.0f / 6.0f) > 1e-7f ||
-            mk_attr_float(h, "beta", 0.5f) != 0.5f)
+        if (is_op(h, "Sigmoid"))
+            *act = MK_ACT_SILU;
+        else if (is_op(h, "HardSigmoid") &&
+                 fabsf(mk_attr_float(h, "alpha", 0.2f) - 1.0f / 6.0f) <= 1e-7f &&
+                 mk_attr_float(h, "beta", 0.5f) == 0.5f)
+            *act = MK_ACT_HARD_SWISH;
+        else
             continue;
         const int hv = h->outputs[0];
         if (m->values[hv].is_graph_output || sole_consumer(m, dead, hv) != r[1 - j]) continue;
@@ -609,7 +615,7 @@ static bool hard_swish_pair(const maskd_model *m, const bool *dead, int y, int *
             continue;
         if (!((x->inputs[0] == y && x->inputs[1] == hv) || (x->inputs[0] == hv && x->inputs[1] == y)))
             continue;
-        *hs = r[j];
+        *gate = r[j];
         *mul = r[1 - j];
         return true;
     }
@@ -815,18 +821,18 @@ static void pass_fuse_activation(maskd_model *m, bool *dead)
         int y = n->outputs[0];
         if (extra || y < 0 || m->values[y].is_graph_output) continue;
         if (!fusable_output_is_float(m, n)) continue;
-        int hs, mul;
-        if (hard_swish_pair(m, dead, y, &hs, &mul)) {
-            n->act = MK_ACT_HARD_SWISH;
+        int gate, mul;
+        mk_act act;
+        if (self_gate_pair(m, dead, y, &gate, &mul, &act)) {
+            n->act = act;
             n->act_alpha = n->act_beta = 0.0f;
             take_output(m, k, m->nodes[mul].outputs[0]);
-            dead[hs] = dead[mul] = true;
+            dead[gate] = dead[mul] = true;
             continue;
         }
         int a = sole_consumer(m, dead, y);
         if (a < 0) continue;
         mk_node *an = &m->nodes[a];
-        mk_act act;
         float alpha, beta;
         if (an->inputs[0] != y || an->n_outputs < 1 || !activation_of(m, an, &act, &alpha, &beta))
             continue;

@@ -67,6 +67,7 @@ static inline float mk_act_scalar(float v, const mk_act_spec *ep)
     }
     case MK_ACT_LEAKY_RELU: return v < 0.0f ? ep->alpha * v : v;
     case MK_ACT_SIGMOID: return 1.0f / (1.0f + mk_exp_scalar(-v));
+    case MK_ACT_SILU: return v * (1.0f / (1.0f + mk_exp_scalar(-v)));
     case MK_ACT_HARD_SIGMOID: {
         float h = ep->alpha * v + ep->beta;
         h = h < 0.0f ? 0.0f : h;
@@ -142,7 +143,11 @@ __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline))
         return _mm256_blendv_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
                                 _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
     case MK_ACT_SIGMOID:
-        return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(v, _mm256_set1_ps(-0.0f)))));
+    case MK_ACT_SILU: {
+        const __m256 s =
+            _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(v, _mm256_set1_ps(-0.0f)))));
+        return ep->act == MK_ACT_SILU ? _mm256_mul_ps(v, s) : s;
+    }
     case MK_ACT_HARD_SIGMOID: {
         const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
                                        _mm256_set1_ps(ep->beta));
@@ -170,7 +175,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
         return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ),
                                   _mm512_set1_ps(ep->alpha), v);
     case MK_ACT_SIGMOID:
-        return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_xor_ps(v, _mm512_set1_ps(-0.0f)))));
+    case MK_ACT_SILU: {
+        const __m512 s =
+            _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_xor_ps(v, _mm512_set1_ps(-0.0f)))));
+        return ep->act == MK_ACT_SILU ? _mm512_mul_ps(v, s) : s;
+    }
     case MK_ACT_HARD_SIGMOID: {
         const __m512 h = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(ep->alpha), v),
                                        _mm512_set1_ps(ep->beta));

@@ -33,6 +33,16 @@ save("conv_bn_relu",
      {"w": f32(5, 3, 3, 3), "b": f32(5), "g": f32(5), "beta": f32(5), "mean": f32(5),
       "var": np.abs(f32(5)) + 0.5})
 
+# SiLU as exporters write it, x * Sigmoid(x) (here Mul(Sigmoid(c), c)): one
+# node after optimisation, the Conv with a SiLU epilogue.
+save("conv_silu",
+     [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+      helper.make_node("Sigmoid", ["c"], ["s"]),
+      helper.make_node("Mul", ["s", "c"], ["y"])],
+     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 7])],
+     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 9, 7])],
+     {"w": f32(5, 3, 3, 3), "b": f32(5)})
+
 # GroupNorm as PyTorch exports it before opset 18 (Reshape -> InstanceNorm ->
 # Reshape(Shape) -> Mul -> Add), after a Conv: the optimiser makes it one
 # GroupNormalization (and fuses the Relu).  In gn_chain_rows gamma and beta are

@@ -194,6 +194,14 @@ static void test_conv_bn_relu(maskd_pool *pool)
     CHECK(r.ran && !r.negative, "the fused Relu clamps");
 }
 
+static void test_conv_silu(maskd_pool *pool)
+{
+    fusion_result r = compare_fusion(pool, "conv_silu", (const int64_t[]){1, 3, 9, 7});
+    CHECK(r.raw_nodes == 3 && r.fused_nodes == 1, "Conv+Sigmoid+Mul fuse into one node (%d -> %d)",
+          r.raw_nodes, r.fused_nodes);
+    CHECK(r.ran && r.worst < 1e-5, "fused SiLU equals x * Sigmoid(x) (max diff %g)", r.worst);
+}
+
 /* PyTorch's GroupNorm export becomes one GroupNormalization, but only where
  * gamma's broadcast is per channel. */
 static void test_groupnorm_chain(maskd_pool *pool)
@@ -339,6 +347,7 @@ int main(int argc, char **argv)
     maskd_pool_create(2, &pool, &err);
     test_conv_bn_relu(pool);
     test_groupnorm_chain(pool);
+    test_conv_silu(pool);
     test_shape_chain(pool);
     test_memory_plan(pool);
     test_views(pool);
