@@ -511,6 +511,7 @@ static bool activation_of(const maskd_model *m, const mk_node *n, mk_act *act, f
     *alpha = 0, *beta = 0;
     if (is_op(n, "Relu")) return *act = MK_ACT_RELU, true;
     if (is_op(n, "Sigmoid")) return *act = MK_ACT_SIGMOID, true;
+    if (is_op(n, "Tanh")) return *act = MK_ACT_TANH, true;
     if (is_op(n, "HardSwish")) return *act = MK_ACT_HARD_SWISH, true;
     if (is_op(n, "LeakyRelu")) {
         *alpha = mk_attr_float(n, "alpha", 0.01f);

@@ -72,6 +72,7 @@ typedef enum mk_act {
     MK_ACT_HARD_SIGMOID, /* max(0, min(1, alpha*x + beta)) */
     MK_ACT_HARD_SWISH,
     MK_ACT_SILU,        /* x * sigmoid(x) (SiLU, or Swish with beta 1) */
+    MK_ACT_TANH,
 } mk_act;
 
 typedef struct mk_node {

@@ -112,9 +112,11 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
             y[i] = x[i] * v;
         }
         break;
-    case U_TANH:
-        for (int64_t i = 0; i < n; i++) y[i] = tanhf(x[i]);
+    case U_TANH: {
+        const mk_act_spec a = {MK_ACT_TANH, 0.0f, 0.0f};
+        mk_act_map(x, y, n, &a);
         break;
+    }
     case U_ERF:
         for (int64_t i = 0; i < n; i++) y[i] = erff(x[i]);
         break;
