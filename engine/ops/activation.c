@@ -96,22 +96,18 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
         mk_act_map(x, y, n, &a);
         break;
     }
-    case U_HARD_SIGMOID:
-        for (int64_t i = 0; i < n; i++) {
-            float v = alpha * x[i] + beta;
-            v = v < 0.0f ? 0.0f : v;
-            y[i] = v > 1.0f ? 1.0f : v;
-        }
+    case U_HARD_SIGMOID: {
+        const mk_act_spec a = {MK_ACT_HARD_SIGMOID, alpha, beta};
+        mk_act_map(x, y, n, &a);
         break;
-    case U_HARD_SWISH:
-        /* ONNX fixes alpha = 1/6 and beta = 0.5 for HardSwish. */
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i] * (1.0f / 6.0f) + 0.5f;
-            v = v < 0.0f ? 0.0f : v;
-            v = v > 1.0f ? 1.0f : v;
-            y[i] = x[i] * v;
-        }
+    }
+    case U_HARD_SWISH: {
+        /* ONNX fixes alpha = 1/6 and beta = 0.5 for HardSwish, as the
+         * fused form does. */
+        const mk_act_spec a = {MK_ACT_HARD_SWISH, 0.0f, 0.0f};
+        mk_act_map(x, y, n, &a);
         break;
+    }
     case U_TANH: {
         const mk_act_spec a = {MK_ACT_TANH, 0.0f, 0.0f};
         mk_act_map(x, y, n, &a);
