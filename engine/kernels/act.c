@@ -22,7 +22,8 @@ bool mk_act_span_supports(int act)
     case MK_ACT_HARD_SIGMOID:
     case MK_ACT_HARD_SWISH:
     case MK_ACT_SILU:
-    case MK_ACT_TANH: return true;
+    case MK_ACT_TANH:
+    case MK_ACT_ERF: return true;
     default: return false;
     }
 }

@@ -113,9 +113,11 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
         mk_act_map(x, y, n, &a);
         break;
     }
-    case U_ERF:
-        for (int64_t i = 0; i < n; i++) y[i] = erff(x[i]);
+    case U_ERF: {
+        const mk_act_spec a = {MK_ACT_ERF, 0.0f, 0.0f};
+        mk_act_map(x, y, n, &a);
         break;
+    }
     case U_ELU:
         /* expm1f keeps precision for x near 0 where exp(x)-1 cancels. */
         for (int64_t i = 0; i < n; i++)

@@ -185,6 +185,7 @@ static float ref_act(double v, mk_act act)
     case MK_ACT_HARD_SWISH: return (float)(v * clamp01(v / 6.0 + 0.5));
     case MK_ACT_SILU: return (float)(v / (1.0 + exp(-v)));
     case MK_ACT_TANH: return (float)tanh(v);
+    case MK_ACT_ERF: return (float)erf(v);
     default: return (float)v;
     }
 }
@@ -194,7 +195,7 @@ static mk_act random_act(void)
 {
     static const mk_act acts[] = {MK_ACT_NONE, MK_ACT_RELU, MK_ACT_CLIP, MK_ACT_LEAKY_RELU,
                                   MK_ACT_SIGMOID, MK_ACT_HARD_SIGMOID, MK_ACT_HARD_SWISH,
-                                  MK_ACT_SILU, MK_ACT_TANH};
+                                  MK_ACT_SILU, MK_ACT_TANH, MK_ACT_ERF};
     return acts[rng() % (sizeof acts / sizeof acts[0])];
 }
 
