@@ -6,6 +6,7 @@
  * the separate ops it replaced.  The same kernels serve the Sigmoid op
  * (mk_act_map, out of place) and Softmax's exponential (mk_exp_span).
  */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -100,4 +101,125 @@ void mk_exp_span(float *x, int64_t n)
     if (n <= 0) return;
     pthread_once(&span_once, pick_span_kernel);
     span_kernel(x, x, n, &none, true);
+}
+
+/* ---- softmax rows -------------------------------------------------------- */
+
+/* Float lanes add at most this many terms each before their sum goes into a
+ * double (as ops/norm.c's statistics): wide vectors, no precision lost on
+ * long rows. */
+enum { SUM_BLOCK = 256 };
+
+static float max_portable(const float *x, int64_t n)
+{
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static double exp_sum_portable(const float *x, float *y, int64_t n, float shift)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = mk_exp_scalar(x[i] - shift);
+        sum += y[i];
+    }
+    return sum;
+}
+
+#ifdef MK_ACT_X86
+__attribute__((target("avx2,fma"))) static float max_avx2(const float *x, int64_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    float r = max_portable(x + i, n - i);
+    for (int k = 0; k < 8; k++) r = lanes[k] > r ? lanes[k] : r;
+    return r;
+}
+
+__attribute__((target("avx2,fma"))) static double exp_sum_avx2(const float *x, float *y, int64_t n,
+                                                               float shift)
+{
+    const __m256 s = _mm256_set1_ps(shift);
+    double sum = 0.0;
+    int64_t i = 0;
+    while (i + 8 <= n) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t end = i + SUM_BLOCK < n ? i + SUM_BLOCK : n; i + 8 <= end; i += 8) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+            _mm256_storeu_ps(y + i, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc);
+        for (int k = 0; k < 8; k++) sum += lanes[k];
+    }
+    return sum + exp_sum_portable(x + i, y + i, n - i, shift);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static float max_avx512(const float *x,
+                                                                                   int64_t n)
+{
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(_mm512_loadu_ps(x + i), m);
+    float lanes[16];
+    _mm512_storeu_ps(lanes, m);
+    float r = max_portable(x + i, n - i);
+    for (int k = 0; k < 16; k++) r = lanes[k] > r ? lanes[k] : r;
+    return r;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static double
+exp_sum_avx512(const float *x, float *y, int64_t n, float shift)
+{
+    const __m512 s = _mm512_set1_ps(shift);
+    double sum = 0.0;
+    int64_t i = 0;
+    while (i + 16 <= n) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t end = i + SUM_BLOCK < n ? i + SUM_BLOCK : n; i + 16 <= end; i += 16) {
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+            _mm512_storeu_ps(y + i, e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        float lanes[16];
+        _mm512_storeu_ps(lanes, acc);
+        for (int k = 0; k < 16; k++) sum += lanes[k];
+    }
+    return sum + exp_sum_portable(x + i, y + i, n - i, shift);
+}
+#endif
+
+typedef struct softmax_kernels {
+    float (*max)(const float *x, int64_t n);
+    double (*exp_sum)(const float *x, float *y, int64_t n, float shift);
+} softmax_kernels;
+static softmax_kernels softmax_k = {max_portable, exp_sum_portable};
+static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
+
+static void pick_softmax_kernels(void)
+{
+#ifdef MK_ACT_X86
+    switch (mk_cpu_level()) {
+    case MK_ISA_AVX512: softmax_k = (softmax_kernels){max_avx512, exp_sum_avx512}; break;
+    case MK_ISA_AVX2: softmax_k = (softmax_kernels){max_avx2, exp_sum_avx2}; break;
+    default: break;
+    }
+#endif
+}
+
+float mk_max_span(const float *x, int64_t n)
+{
+    pthread_once(&softmax_once, pick_softmax_kernels);
+    return softmax_k.max(x, n);
+}
+
+double mk_exp_sum_span(const float *x, float *y, int64_t n, float shift)
+{
+    pthread_once(&softmax_once, pick_softmax_kernels);
+    return softmax_k.exp_sum(x, y, n, shift);
 }

@@ -109,6 +109,12 @@ void mk_act_span(float *x, int64_t n, const mk_act_spec *a);
 void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a);
 void mk_exp_span(float *x, int64_t n);
 
+/* A softmax row's two passes: the largest of x[0..n) (NaN aside), then
+ * y = e^(x - shift) (mk_exp_scalar's arithmetic) and the sum of y, in float
+ * lanes within blocks and double across them. */
+float mk_max_span(const float *x, int64_t n);
+double mk_exp_sum_span(const float *x, float *y, int64_t n, float shift);
+
 /*
  * Direct depthwise convolution: y[iter grid] = act(bias + sum over taps of
  * w[tap] * x[touch grid]), taps in padding skipped row by row and column

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "../kernels/kernels.h"
 
 enum { GRAIN = 16384, COLS = 256 };
 
@@ -87,30 +88,12 @@ typedef struct sm_job {
     bool take_log;
 } sm_job;
 
-/* Sum in double over independent lanes: the lanes vectorize where one
- * running double sum would be a serial chain of adds. */
-static double sum_f32(const float *x, int64_t n)
-{
-    enum { LANES = 16 };
-    double lane[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int k = 0; k < LANES; k++) lane[k] += x[i + k];
-    double s = 0.0;
-    for (; i < n; i++) s += x[i];
-    for (int k = 0; k < LANES; k++) s += lane[k];
-    return s;
-}
-
 /* One contiguous vector of n elements. */
 static void softmax_row(const float *x, float *y, int64_t n, bool take_log)
 {
-    float max = -INFINITY;
-    for (int64_t i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
+    const float max = mk_max_span(x, n);
     /* The exponentials go through y; LogSoftmax overwrites them after. */
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] - max;
-    mk_exp_approx(y, n);
-    double sum = sum_f32(y, n);
+    const double sum = mk_exp_sum_span(x, y, n, max);
     if (take_log) {
         /* (x - max) - log(sum), not x - (max + log(sum)): log(sum) is tiny
          * when one term dominates and would vanish against max. */

@@ -8,21 +8,9 @@
 #include <string.h>
 
 #include "graph.h"
+#include "../check.h"
 
-static int passed, failed;
 static const char *models_dir;
-
-#define CHECK(cond, ...)                                                                  \
-    do {                                                                                  \
-        if (cond) {                                                                       \
-            passed++;                                                                     \
-        } else {                                                                          \
-            failed++;                                                                     \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            printf(__VA_ARGS__);                                                          \
-            printf("\n");                                                                 \
-        }                                                                                 \
-    } while (0)
 
 static maskd_model *load(const char *name, int optimize)
 {
