@@ -513,6 +513,7 @@ static bool activation_of(const maskd_model *m, const mk_node *n, mk_act *act, f
     if (is_op(n, "Sigmoid")) return *act = MK_ACT_SIGMOID, true;
     if (is_op(n, "Tanh")) return *act = MK_ACT_TANH, true;
     if (is_op(n, "Erf")) return *act = MK_ACT_ERF, true;
+    if (is_op(n, "Exp")) return *act = MK_ACT_EXP, true;
     if (is_op(n, "HardSwish")) return *act = MK_ACT_HARD_SWISH, true;
     if (is_op(n, "LeakyRelu")) {
         *alpha = mk_attr_float(n, "alpha", 0.01f);

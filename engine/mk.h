@@ -74,6 +74,7 @@ typedef enum mk_act {
     MK_ACT_SILU,        /* x * sigmoid(x) (SiLU, or Swish with beta 1) */
     MK_ACT_TANH,
     MK_ACT_ERF,         /* the error function (GELU's exports: x * 0.5 * (1 + erf(x / sqrt 2))) */
+    MK_ACT_EXP,         /* e^x over the whole float range */
 } mk_act;
 
 typedef struct mk_node {

@@ -24,7 +24,8 @@ bool mk_act_span_supports(int act)
     case MK_ACT_HARD_SWISH:
     case MK_ACT_SILU:
     case MK_ACT_TANH:
-    case MK_ACT_ERF: return true;
+    case MK_ACT_ERF:
+    case MK_ACT_EXP: return true;
     default: return false;
     }
 }

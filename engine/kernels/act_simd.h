@@ -37,24 +37,53 @@ enum { MK_EXP_DEGREE = 7 };
 /* Adding 1.5 * 2^23 rounds to an integer without a libm call. */
 #define MK_EXP_ROUND 12582912.0f
 
-static inline float mk_exp_scalar(float x)
+/* e^r for v = n ln2 + r, |r| <= ln2/2: the polynomial, with n in *n. */
+static inline float mk_exp_reduced(float v, float *n_out)
 {
-    float v = x > -87.0f ? x : -87.0f; /* also maps NaN to -87 */
-    v = v < 88.0f ? v : 88.0f;
-    float n = (v * MK_EXP_LOG2E + MK_EXP_ROUND) - MK_EXP_ROUND;
-    float r = (v - n * MK_EXP_LN2_HI) - n * MK_EXP_LN2_LO;
+    const float n = (v * MK_EXP_LOG2E + MK_EXP_ROUND) - MK_EXP_ROUND;
+    const float r = (v - n * MK_EXP_LN2_HI) - n * MK_EXP_LN2_LO;
     float p = 1.0f / 5040;
     p = p * r + 1.0f / 720;
     p = p * r + 1.0f / 120;
     p = p * r + 1.0f / 24;
     p = p * r + 1.0f / 6;
     p = p * r + 0.5f;
-    p = p * r * r + r + 1.0f;
+    *n_out = n;
+    return p * r * r + r + 1.0f;
+}
+
+static inline float mk_exp_scalar(float x)
+{
+    float v = x > -87.0f ? x : -87.0f; /* also maps NaN to -87 */
+    v = v < 88.0f ? v : 88.0f;
+    float n;
+    const float p = mk_exp_reduced(v, &n);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     float y = x < -87.0f ? 0.0f : p * scale;
     return x == x ? y : x;
+}
+
+/*
+ * e^x over the whole float range, for the Exp op: mk_exp_scalar's reduction
+ * and polynomial with n allowed from -150 to 129, and 2^n applied as two
+ * factors 2^(n/2) and 2^(n - n/2), each a normal float, so that results
+ * overflow to infinity above 88.72 and go subnormal below -87.3 as they
+ * should.  exp_full8 and exp_full16 do the same on vectors.
+ */
+static inline float mk_exp_full_scalar(float x)
+{
+    float v = x > -104.0f ? x : -104.0f; /* e^-104 rounds to 0; NaN maps to -104 */
+    v = v < 89.0f ? v : 89.0f;           /* e^89 overflows */
+    float n;
+    const float p = mk_exp_reduced(v, &n);
+    const int32_t n1 = (int32_t)n >> 1, n2 = (int32_t)n - n1;
+    int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    return x == x ? p * s1 * s2 : x;
 }
 
 /*
@@ -137,6 +166,7 @@ static inline float mk_act_scalar(float v, const mk_act_spec *ep)
     case MK_ACT_SILU: return v * (1.0f / (1.0f + mk_exp_scalar(-v)));
     case MK_ACT_TANH: return mk_tanh_scalar(v);
     case MK_ACT_ERF: return mk_erf_scalar(v);
+    case MK_ACT_EXP: return mk_exp_full_scalar(v);
     case MK_ACT_HARD_SIGMOID: {
         float h = ep->alpha * v + ep->beta;
         h = h < 0.0f ? 0.0f : h;
@@ -153,27 +183,52 @@ static inline float mk_act_scalar(float v, const mk_act_spec *ep)
 }
 
 #ifdef MK_ACT_X86
-/* mk_exp_scalar on eight lanes. */
-__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
+/* mk_exp_reduced on 8 lanes. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 exp_reduced8(__m256 v, __m256 *n_out)
 {
-    /* max/min return their second operand on NaN: NaN becomes -87, as above */
-    __m256 v = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    v = _mm256_min_ps(v, _mm256_set1_ps(88.0f));
     const __m256 round = _mm256_set1_ps(MK_EXP_ROUND);
     const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(MK_EXP_LOG2E)), round), round);
     const __m256 r = _mm256_sub_ps(_mm256_sub_ps(v, _mm256_mul_ps(n, _mm256_set1_ps(MK_EXP_LN2_HI))),
-                                   _mm256_mul_ps(n, _mm256_set1_ps(MK_EXP_LN2_LO)));
+                               _mm256_mul_ps(n, _mm256_set1_ps(MK_EXP_LN2_LO)));
     __m256 p = _mm256_set1_ps(1.0f / 5040);
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 720));
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 120));
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 24));
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 6));
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
-    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+    *n_out = n;
+    return _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+}
+
+/* mk_exp_scalar on eight lanes. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
+{
+    /* max/min return their second operand on NaN: NaN becomes -87, as above */
+    __m256 v = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    v = _mm256_min_ps(v, _mm256_set1_ps(88.0f));
+    __m256 n;
+    const __m256 p = exp_reduced8(v, &n);
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
     __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
     y = _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
     return _mm256_blendv_ps(x, y, _mm256_cmp_ps(x, x, _CMP_ORD_Q));
+}
+
+/* mk_exp_reduced on 16 lanes. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline __attribute__((always_inline)) __m512 exp_reduced16(__m512 v, __m512 *n_out)
+{
+    const __m512 round = _mm512_set1_ps(MK_EXP_ROUND);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(MK_EXP_LOG2E)), round), round);
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(v, _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_HI))),
+                               _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 720));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    *n_out = n;
+    return _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
 }
 
 /* mk_exp_scalar on sixteen lanes. */
@@ -182,21 +237,41 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
 {
     __m512 v = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     v = _mm512_min_ps(v, _mm512_set1_ps(88.0f));
-    const __m512 round = _mm512_set1_ps(MK_EXP_ROUND);
-    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(MK_EXP_LOG2E)), round), round);
-    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(v, _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_HI))),
-                                   _mm512_mul_ps(n, _mm512_set1_ps(MK_EXP_LN2_LO)));
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 720));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
-    p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
+    __m512 n;
+    const __m512 p = exp_reduced16(v, &n);
     const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
     __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
     y = _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ), y);
     return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), y);
+}
+
+/* mk_exp_full_scalar on eight lanes. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) __m256 exp_full8(__m256 x)
+{
+    __m256 v = _mm256_max_ps(x, _mm256_set1_ps(-104.0f));
+    v = _mm256_min_ps(v, _mm256_set1_ps(89.0f));
+    __m256 n;
+    const __m256 p = exp_reduced8(v, &n);
+    const __m256i ni = _mm256_cvttps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_blendv_ps(x, _mm256_mul_ps(_mm256_mul_ps(p, s1), s2), _mm256_cmp_ps(x, x, _CMP_ORD_Q));
+}
+
+/* The same on sixteen lanes. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
+    __attribute__((always_inline)) __m512 exp_full16(__m512 x)
+{
+    __m512 v = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    v = _mm512_min_ps(v, _mm512_set1_ps(89.0f));
+    __m512 n;
+    const __m512 p = exp_reduced16(v, &n);
+    const __m512i ni = _mm512_cvttps_epi32(n), n1 = _mm512_srai_epi32(ni, 1), n2 = _mm512_sub_epi32(ni, n1);
+    const __m512i bias = _mm512_set1_epi32(127);
+    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
+    const __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
+    return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_mul_ps(_mm512_mul_ps(p, s1), s2));
 }
 
 /* mk_tanh_scalar on eight lanes: both forms, then the one its |x| selects. */
@@ -295,6 +370,7 @@ __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline))
     }
     case MK_ACT_TANH: return tanh8(v);
     case MK_ACT_ERF: return erf8(v);
+    case MK_ACT_EXP: return exp_full8(v);
     case MK_ACT_HARD_SIGMOID: {
         const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(ep->alpha), v),
                                        _mm256_set1_ps(ep->beta));
@@ -329,6 +405,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline
     }
     case MK_ACT_TANH: return tanh16(v);
     case MK_ACT_ERF: return erf16(v);
+    case MK_ACT_EXP: return exp_full16(v);
     case MK_ACT_HARD_SIGMOID: {
         const __m512 h = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(ep->alpha), v),
                                        _mm512_set1_ps(ep->beta));

@@ -137,9 +137,11 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
     case U_SOFTSIGN:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + fabsf(x[i]));
         break;
-    case U_EXP:
-        for (int64_t i = 0; i < n; i++) y[i] = expf(x[i]);
+    case U_EXP: {
+        const mk_act_spec a = {MK_ACT_EXP, 0.0f, 0.0f};
+        mk_act_map(x, y, n, &a);
         break;
+    }
     case U_LOG:
         for (int64_t i = 0; i < n; i++) y[i] = logf(x[i]);
         break;

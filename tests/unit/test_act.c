@@ -29,6 +29,7 @@ static double reference(const mk_act_spec *a, double v)
     case MK_ACT_SILU: return v / (1 + exp(-v));
     case MK_ACT_TANH: return tanh(v);
     case MK_ACT_ERF: return erf(v);
+    case MK_ACT_EXP: return exp(v);
     default: return v;
     }
 }
@@ -84,6 +85,7 @@ static void test_spans(void)
         {{MK_ACT_SILU, 0, 0}, "SiLU", 4, 1e-36},
         {{MK_ACT_TANH, 0, 0}, "Tanh", 4, 0},
         {{MK_ACT_ERF, 0, 0}, "Erf", 4, 0},
+        {{MK_ACT_EXP, 0, 0}, "Exp", 4, 0},
     };
     static const int long_lengths[] = {255, 256, 257, 4099};
     enum { MAX_N = 4099 };
@@ -94,7 +96,8 @@ static void test_spans(void)
         int bad = 0;
         for (int k = 0; k < 40 + 4; k++) {
             const int n = k < 40 ? k + 1 : long_lengths[k - 40];
-            const float lim = acts[a].spec.act == MK_ACT_ERF ? 6.0f : 20.0f;
+            const float lim = acts[a].spec.act == MK_ACT_ERF ? 6.0f
+                              : acts[a].spec.act == MK_ACT_EXP ? 110.0f : 20.0f;
             arguments(x, n, lim);
             mk_act_map(x, y, n, &acts[a].spec);
             memcpy(z, x, (size_t)n * sizeof *z);
