@@ -57,11 +57,12 @@ static void arguments(float *x, int n, float lim)
 static int close_to(float y, double r, double ulps, double floor)
 {
     if (isnan(r)) return isnan(y);
-    if (isinf(r)) return y == (float)r;
+    /* Past FLT_MAX plus half its ulp a float result rounds to infinity. */
+    if (fabs(r) >= (double)FLT_MAX + ldexp(1.0, 103)) return isinf(y) && (y > 0) == (r > 0);
     if (fabs(y - r) <= floor) return 1;
     if (r == 0) return y == 0 && !signbit(y) == !signbit(r);
-    double unit = ldexp(1.0, ilogb((float)r) - 23);
-    if (fabs(r) < FLT_MIN) unit = ldexp(1.0, -149);
+    /* A float's unit in the last place at r's magnitude (subnormals: 2^-149). */
+    const double unit = fabs(r) < FLT_MIN ? ldexp(1.0, -149) : ldexp(1.0, ilogb(r) - 23);
     return fabs(y - r) <= ulps * unit;
 }
 
