@@ -3,8 +3,10 @@
  * vector forms of act_simd.h picked once from mk_cpu_level().  Before it the
  * activations went through one plain loop, which the compiler left scalar
  * for HardSwish; as a conv epilogue over a whole map that cost more than
- * the separate ops it replaced.  The same kernels serve the Sigmoid op
- * (mk_act_map, out of place) and Softmax's exponential (mk_exp_span).
+ * the separate ops it replaced.  The same kernels serve the elementwise ops
+ * that are activations too (Sigmoid, Tanh, Erf, Exp, HardSwish, HardSigmoid:
+ * mk_act_map, out of place), Softmax's exponential (mk_exp_span) and its
+ * row passes (mk_max_span, mk_exp_sum_span, at the end of this file).
  */
 #include <math.h>
 #include <pthread.h>
