@@ -181,8 +181,6 @@ bool mk_op_known(const char *domain, const char *op_type);
 
 /* Helpers for ops. */
 void mk_apply_act(float *x, int64_t n, mk_act act, float alpha, float beta);
-/* exp(x) in place, vectorizable, within ~1.5 ulp (activation.c). */
-void mk_exp_approx(float *x, int64_t n);
 /* Numpy-style broadcast of a and b's shapes into out; error on mismatch. */
 int mk_broadcast_shape(const mk_tensor *a, const mk_tensor *b, mk_tensor *out,
                        mk_error *err);

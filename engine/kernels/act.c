@@ -5,8 +5,8 @@
  * for HardSwish; as a conv epilogue over a whole map that cost more than
  * the separate ops it replaced.  The same kernels serve the elementwise ops
  * that are activations too (Sigmoid, Tanh, Erf, Exp, HardSwish, HardSigmoid:
- * mk_act_map, out of place), Softmax's exponential (mk_exp_span) and its
- * row passes (mk_max_span, mk_exp_sum_span, at the end of this file).
+ * mk_act_map, out of place); Softmax's passes (mk_max_span, mk_exp_sum_span)
+ * share their exponential.
  */
 #include <math.h>
 #include <pthread.h>
@@ -32,79 +32,32 @@ bool mk_act_span_supports(int act)
     }
 }
 
-/* y = act(x) over n floats (y may be x); exp_only: y = e^x instead. */
-static void span_portable(const float *x, float *y, int64_t n, const mk_act_spec *a,
-                          bool exp_only)
+/* y = act(x) over n floats (y may be x). */
+static void span_portable(const float *x, float *y, int64_t n, const mk_act_spec *a)
 {
-    if (exp_only)
-        for (int64_t i = 0; i < n; i++) y[i] = mk_exp_scalar(x[i]);
-    else
-        for (int64_t i = 0; i < n; i++) y[i] = mk_act_scalar(x[i], a);
+    for (int64_t i = 0; i < n; i++) y[i] = mk_act_scalar(x[i], a);
 }
 
 #ifdef MK_ACT_X86
 __attribute__((target("avx2,fma"))) static void span_avx2(const float *x, float *y, int64_t n,
-                                                          const mk_act_spec *a, bool exp_only)
+                                                          const mk_act_spec *a)
 {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 v = _mm256_loadu_ps(x + i);
-        _mm256_storeu_ps(y + i, exp_only ? exp8(v) : act8(v, a));
-    }
-    span_portable(x + i, y + i, n - i, a, exp_only);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, act8(_mm256_loadu_ps(x + i), a));
+    span_portable(x + i, y + i, n - i, a);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void
-span_avx512(const float *x, float *y, int64_t n, const mk_act_spec *a, bool exp_only)
+span_avx512(const float *x, float *y, int64_t n, const mk_act_spec *a)
 {
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_loadu_ps(x + i);
-        _mm512_storeu_ps(y + i, exp_only ? exp16(v) : act16(v, a));
-    }
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, act16(_mm512_loadu_ps(x + i), a));
     if (i < n) {
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        _mm512_mask_storeu_ps(y + i, m, exp_only ? exp16(v) : act16(v, a));
+        _mm512_mask_storeu_ps(y + i, m, act16(_mm512_maskz_loadu_ps(m, x + i), a));
     }
 }
 #endif
-
-typedef void (*span_fn)(const float *x, float *y, int64_t n, const mk_act_spec *a, bool exp_only);
-static span_fn span_kernel = span_portable;
-static pthread_once_t span_once = PTHREAD_ONCE_INIT;
-
-static void pick_span_kernel(void)
-{
-#ifdef MK_ACT_X86
-    switch (mk_cpu_level()) {
-    case MK_ISA_AVX512: span_kernel = span_avx512; break;
-    case MK_ISA_AVX2: span_kernel = span_avx2; break;
-    default: break;
-    }
-#endif
-}
-
-void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a)
-{
-    if (n <= 0) return;
-    if (a->act == MK_ACT_NONE) {
-        if (x != y) memmove(y, x, (size_t)n * sizeof *y);
-        return;
-    }
-    pthread_once(&span_once, pick_span_kernel);
-    span_kernel(x, y, n, a, false);
-}
-
-void mk_act_span(float *x, int64_t n, const mk_act_spec *a) { mk_act_map(x, x, n, a); }
-
-void mk_exp_span(float *x, int64_t n)
-{
-    static const mk_act_spec none = {MK_ACT_NONE, 0.0f, 0.0f};
-    if (n <= 0) return;
-    pthread_once(&span_once, pick_span_kernel);
-    span_kernel(x, x, n, &none, true);
-}
 
 /* ---- softmax rows -------------------------------------------------------- */
 
@@ -197,32 +150,52 @@ exp_sum_avx512(const float *x, float *y, int64_t n, float shift)
 }
 #endif
 
-typedef struct softmax_kernels {
+/* ---- dispatch ------------------------------------------------------------ */
+
+/* The kernels for the CPU, picked once from mk_cpu_level(). */
+static struct {
+    void (*span)(const float *x, float *y, int64_t n, const mk_act_spec *a);
     float (*max)(const float *x, int64_t n);
     double (*exp_sum)(const float *x, float *y, int64_t n, float shift);
-} softmax_kernels;
-static softmax_kernels softmax_k = {max_portable, exp_sum_portable};
-static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
+} kernels = {span_portable, max_portable, exp_sum_portable};
+static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;
 
-static void pick_softmax_kernels(void)
+static void pick_kernels(void)
 {
 #ifdef MK_ACT_X86
     switch (mk_cpu_level()) {
-    case MK_ISA_AVX512: softmax_k = (softmax_kernels){max_avx512, exp_sum_avx512}; break;
-    case MK_ISA_AVX2: softmax_k = (softmax_kernels){max_avx2, exp_sum_avx2}; break;
+    case MK_ISA_AVX512:
+        kernels.span = span_avx512, kernels.max = max_avx512, kernels.exp_sum = exp_sum_avx512;
+        break;
+    case MK_ISA_AVX2:
+        kernels.span = span_avx2, kernels.max = max_avx2, kernels.exp_sum = exp_sum_avx2;
+        break;
     default: break;
     }
 #endif
 }
 
+void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a)
+{
+    if (n <= 0) return;
+    if (a->act == MK_ACT_NONE) {
+        if (x != y) memmove(y, x, (size_t)n * sizeof *y);
+        return;
+    }
+    pthread_once(&kernels_once, pick_kernels);
+    kernels.span(x, y, n, a);
+}
+
+void mk_act_span(float *x, int64_t n, const mk_act_spec *a) { mk_act_map(x, x, n, a); }
+
 float mk_max_span(const float *x, int64_t n)
 {
-    pthread_once(&softmax_once, pick_softmax_kernels);
-    return softmax_k.max(x, n);
+    pthread_once(&kernels_once, pick_kernels);
+    return kernels.max(x, n);
 }
 
 double mk_exp_sum_span(const float *x, float *y, int64_t n, float shift)
 {
-    pthread_once(&softmax_once, pick_softmax_kernels);
-    return softmax_k.exp_sum(x, y, n, shift);
+    pthread_once(&kernels_once, pick_kernels);
+    return kernels.exp_sum(x, y, n, shift);
 }

@@ -96,8 +96,7 @@ void mk_col2im_tile_add(const float *col, int64_t channels,
  * A fused activation: an mk_act (engine/mk.h) and its parameters.
  * mk_act_span applies one in place over n floats with the widest vectors
  * the CPU has, for the activations mk_act_span_supports (all that fuse);
- * mk_act_map does the same from x into y.  mk_exp_span: x = e^x in place
- * (act_simd.h's mk_exp_scalar, for arguments that stay moderate).
+ * mk_act_map does the same from x into y.
  */
 typedef struct mk_act_spec {
     int act; /* mk_act */
@@ -107,11 +106,11 @@ typedef struct mk_act_spec {
 bool mk_act_span_supports(int act);
 void mk_act_span(float *x, int64_t n, const mk_act_spec *a);
 void mk_act_map(const float *x, float *y, int64_t n, const mk_act_spec *a);
-void mk_exp_span(float *x, int64_t n);
 
 /* A softmax row's two passes: the largest of x[0..n) (NaN aside), then
- * y = e^(x - shift) (mk_exp_scalar's arithmetic) and the sum of y, in float
- * lanes within blocks and double across them. */
+ * y = e^(x - shift) (act_simd.h's mk_exp_scalar, for arguments that stay
+ * moderate; y may be x) and the sum of y, in float lanes within blocks and
+ * double across them. */
 float mk_max_span(const float *x, int64_t n);
 double mk_exp_sum_span(const float *x, float *y, int64_t n, float shift);
 

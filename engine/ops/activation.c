@@ -1,8 +1,8 @@
 /*
  * Unary elementwise operators: activations, the one-input math functions
  * (Exp, Log, Sqrt, Neg, Round, the trigonometric family, ...) and IsNaN /
- * IsInf, plus the helpers other ops share: mk_apply_act (the fused epilogue),
- * mk_infer_same_as_input, and mk_exp_approx (Softmax's exponential).
+ * IsInf, plus the helpers other ops share: mk_apply_act (the fused epilogue)
+ * and mk_infer_same_as_input.
  *
  * Everything here is a map y[i] = f(x[i]) over a contiguous tensor, so one
  * driver splits the elements over the pool and a kind selects the loop.  The
@@ -66,17 +66,34 @@ typedef struct unary_params {
  * a smaller grain keeps both threads busy on the expensive maps. */
 enum { GRAIN_CHEAP = 16384, GRAIN_TRANSCENDENTAL = 4096 };
 
-/* ---- exp ------------------------------------------------------------------ */
-
-/* Softmax's exponential: kernels/act_simd.h's mk_exp_scalar, vectorized. */
-void mk_exp_approx(float *x, int64_t n) { mk_exp_span(x, n); }
-
 /* ---- float maps ---------------------------------------------------------- */
+
+/* The fused activation a kind also is, whose vector kernels then serve the
+ * op (kernels/act.c); MK_ACT_NONE for the rest.  ONNX fixes HardSwish's
+ * alpha = 1/6 and beta = 0.5, as the fused form does. */
+static mk_act fused_form(unary_kind kind)
+{
+    switch (kind) {
+    case U_SIGMOID: return MK_ACT_SIGMOID;
+    case U_HARD_SIGMOID: return MK_ACT_HARD_SIGMOID;
+    case U_HARD_SWISH: return MK_ACT_HARD_SWISH;
+    case U_TANH: return MK_ACT_TANH;
+    case U_ERF: return MK_ACT_ERF;
+    case U_EXP: return MK_ACT_EXP;
+    default: return MK_ACT_NONE;
+    }
+}
 
 /* y may alias x (mk_apply_act maps in place). */
 static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
 {
     const float alpha = p->alpha, beta = p->beta, gamma = p->gamma;
+    const mk_act act = fused_form(p->kind);
+    if (act != MK_ACT_NONE) {
+        const mk_act_spec a = {act, alpha, beta};
+        mk_act_map(x, y, n, &a);
+        return;
+    }
     switch (p->kind) {
     case U_RELU:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -91,33 +108,6 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
             y[i] = v > beta ? beta : v;
         }
         break;
-    case U_SIGMOID: {
-        const mk_act_spec a = {MK_ACT_SIGMOID, 0.0f, 0.0f};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
-    case U_HARD_SIGMOID: {
-        const mk_act_spec a = {MK_ACT_HARD_SIGMOID, alpha, beta};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
-    case U_HARD_SWISH: {
-        /* ONNX fixes alpha = 1/6 and beta = 0.5 for HardSwish, as the
-         * fused form does. */
-        const mk_act_spec a = {MK_ACT_HARD_SWISH, 0.0f, 0.0f};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
-    case U_TANH: {
-        const mk_act_spec a = {MK_ACT_TANH, 0.0f, 0.0f};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
-    case U_ERF: {
-        const mk_act_spec a = {MK_ACT_ERF, 0.0f, 0.0f};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
     case U_ELU:
         /* expm1f keeps precision for x near 0 where exp(x)-1 cancels. */
         for (int64_t i = 0; i < n; i++)
@@ -137,11 +127,6 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
     case U_SOFTSIGN:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + fabsf(x[i]));
         break;
-    case U_EXP: {
-        const mk_act_spec a = {MK_ACT_EXP, 0.0f, 0.0f};
-        mk_act_map(x, y, n, &a);
-        break;
-    }
     case U_LOG:
         for (int64_t i = 0; i < n; i++) y[i] = logf(x[i]);
         break;
@@ -195,6 +180,12 @@ static void map_f32(const float *x, float *y, int64_t n, const unary_params *p)
     case U_ASINH: for (int64_t i = 0; i < n; i++) y[i] = asinhf(x[i]); break;
     case U_ACOSH: for (int64_t i = 0; i < n; i++) y[i] = acoshf(x[i]); break;
     case U_ATANH: for (int64_t i = 0; i < n; i++) y[i] = atanhf(x[i]); break;
+    case U_SIGMOID:
+    case U_HARD_SIGMOID:
+    case U_HARD_SWISH:
+    case U_TANH:
+    case U_ERF:
+    case U_EXP: break; /* fused_form's, above */
     }
 }
 

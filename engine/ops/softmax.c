@@ -134,7 +134,7 @@ static void softmax_columns(const float *x, float *y, int64_t len, int64_t strid
         const float *xl = x + l * stride;
         float *yl = y + l * stride;
         for (int64_t c = 0; c < cols; c++) yl[c] = xl[c] - max[c];
-        mk_exp_approx(yl, cols);
+        mk_exp_sum_span(yl, yl, cols, 0.0f); /* the sums wanted are per column */
         for (int64_t c = 0; c < cols; c++) sum[c] += yl[c];
     }
     float factor[COLS]; /* log(sum) for LogSoftmax, 1/sum for Softmax */
