@@ -236,14 +236,25 @@ typedef struct mk_winograd_store {
     const void *post_arg;
 } mk_winograd_store;
 
-/* Scratch mk_winograd_block needs for cin input channels, mn output
- * channels and up to `tiles` tiles. */
-size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles);
-/* Output channels [m0, m0 + mn) of tiles [t0, t0 + nt) of one image: x is
- * [cin][in plane], y is output channel m0's plane of [cout][out plane].
- * Single-threaded. */
-void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout, int64_t m0,
-                       int64_t mn, const mk_winograd_geom *g, int64_t t0, int64_t nt,
-                       const mk_winograd_store *st, float *y, void *scratch);
+/* A conv runs in two steps, so that threads can share the input transform:
+ * mk_winograd_input transforms tiles [t0, t0 + nt) of one image into V
+ * ([36][cin][tiles], mk_winograd_v_floats), split over input channels;
+ * mk_winograd_output then multiplies V by U and transforms back, split over
+ * output channels and tiles.  Calls on disjoint channel ranges (or output
+ * ranges) may run at once. */
+size_t mk_winograd_v_floats(int64_t cin, int64_t tiles);
+/* Input channels [c0, c0 + cn) of x ([cin][in plane]) into v. */
+void mk_winograd_input(const float *x, int64_t cin, int64_t c0, int64_t cn,
+                       const mk_winograd_geom *g, int64_t t0, int64_t nt, float *v);
+/* Scratch mk_winograd_output needs for mn output channels and up to `tiles`
+ * tiles. */
+size_t mk_winograd_output_bytes(int64_t mn, int64_t tiles);
+/* Output channels [m0, m0 + mn) of tiles [t0 + j0, t0 + j0 + nj), from v
+ * as mk_winograd_input wrote it for tiles [t0, t0 + nt): y is output channel
+ * m0's plane of [cout][out plane]. */
+void mk_winograd_output(const float *v, int64_t cin, int64_t nt, int64_t j0, int64_t nj,
+                        const float *u, int64_t cout, int64_t m0, int64_t mn,
+                        const mk_winograd_geom *g, int64_t t0, const mk_winograd_store *st,
+                        float *y, void *scratch);
 
 #endif

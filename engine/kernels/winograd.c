@@ -341,47 +341,63 @@ static int64_t group_lanes(const mk_winograd_geom *g, int64_t t0, int64_t left, 
     return n;
 }
 
-size_t mk_winograd_block_bytes(int64_t cin, int64_t mn, int64_t tiles)
+static int64_t v_ld(int64_t tiles) { return (tiles + VL_MAX - 1) / VL_MAX * VL_MAX; }
+
+size_t mk_winograd_v_floats(int64_t cin, int64_t tiles)
 {
-    const int64_t ld = (tiles + VL_MAX - 1) / VL_MAX * VL_MAX;
-    return (size_t)(P * (ld * (cin + mn) + 2 * POINT_SKEW)) * sizeof(float) +
-           mk_sgemm_scratch_bytes(ld) + 64;
+    return (size_t)(P * (cin * v_ld(tiles) + POINT_SKEW));
 }
 
-void mk_winograd_block(const float *x, int64_t cin, const float *u, int64_t cout, int64_t m0,
-                       int64_t mn, const mk_winograd_geom *g, int64_t t0, int64_t nt,
-                       const mk_winograd_store *st, float *y, void *scratch)
+void mk_winograd_input(const float *x, int64_t cin, int64_t c0, int64_t cn,
+                       const mk_winograd_geom *g, int64_t t0, int64_t nt, float *v)
 {
-    if (nt <= 0 || mn <= 0) return;
+    if (nt <= 0 || cn <= 0) return;
     pthread_once(&isa_once, pick_isa);
     const wino_isa k = isa;
-    const int64_t ld = (nt + VL_MAX - 1) / VL_MAX * VL_MAX;
-    const int64_t in_plane = g->h.in * g->w.in, out_plane = g->h.out * g->w.out;
-    const int64_t v_point = cin * ld + POINT_SKEW, m_point = mn * ld + POINT_SKEW;
-    float *v = scratch;                   /* [36][cin][ld], v_point apart */
-    float *m = v + P * v_point;           /* [36][mn][ld], m_point apart */
-    void *gemm_scratch = m + P * m_point;
+    const int64_t ld = v_ld(nt), in_plane = g->h.in * g->w.in;
+    const int64_t v_point = cin * ld + POINT_SKEW;
     /* Channel by channel over all the lane groups, so that each plane of x
-     * (and of y below) is read from L2 while its tiles go by: lane groups
-     * outermost walked every plane per group, from L3 (and was half of a
-     * 512-channel layer's time). */
+     * is read from L2 while its tiles go by: lane groups outermost walked
+     * every plane per group, from L3 (and was half of a 512-channel layer's
+     * time). */
     lanes ln[GROUPS_MAX];
     for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
         const int64_t s_n = group_lanes(g, t0 + s0, nt - s0, k.vl, ln);
-        for (int64_t c = 0; c < cin; c++)
+        for (int64_t c = c0; c < c0 + cn; c++)
             for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
                 k.input(x + c * in_plane, g, &ln[l0 / k.vl], v + c * ld + s0 + l0, v_point);
     }
+}
+
+size_t mk_winograd_output_bytes(int64_t mn, int64_t tiles)
+{
+    return (size_t)(P * (mn * v_ld(tiles) + POINT_SKEW)) * sizeof(float) +
+           mk_sgemm_scratch_bytes(v_ld(tiles)) + 64;
+}
+
+void mk_winograd_output(const float *v, int64_t cin, int64_t nt, int64_t j0, int64_t nj,
+                        const float *u, int64_t cout, int64_t m0, int64_t mn,
+                        const mk_winograd_geom *g, int64_t t0, const mk_winograd_store *st,
+                        float *y, void *scratch)
+{
+    if (nj <= 0 || mn <= 0) return;
+    pthread_once(&isa_once, pick_isa);
+    const wino_isa k = isa;
+    const int64_t v_ldv = v_ld(nt), ld = v_ld(nj), out_plane = g->h.out * g->w.out;
+    const int64_t v_point = cin * v_ldv + POINT_SKEW, m_point = mn * ld + POINT_SKEW;
+    float *m = scratch;                   /* [36][mn][ld], m_point apart */
+    void *gemm_scratch = m + P * m_point;
     const mk_packed_a ua = {NULL, cout, cin};
     const size_t point_floats = mk_sgemm_packed_a_floats(cout, cin);
     for (int xi = 0; xi < P; xi++) {
         mk_packed_a a = ua;
         a.data = u + xi * point_floats;
-        mk_sgemm_packed(&a, m0, mn, 0, cin, v + xi * v_point, ld, nt, m + xi * m_point, ld,
+        mk_sgemm_packed(&a, m0, mn, 0, cin, v + xi * v_point + j0, v_ldv, nj, m + xi * m_point, ld,
                         false, NULL, gemm_scratch);
     }
-    for (int64_t s0 = 0; s0 < nt; s0 += GROUPS_MAX * k.vl) {
-        const int64_t s_n = group_lanes(g, t0 + s0, nt - s0, k.vl, ln);
+    lanes ln[GROUPS_MAX];
+    for (int64_t s0 = 0; s0 < nj; s0 += GROUPS_MAX * k.vl) {
+        const int64_t s_n = group_lanes(g, t0 + j0 + s0, nj - s0, k.vl, ln);
         for (int64_t o = 0; o < mn; o++)
             for (int64_t l0 = 0; l0 < s_n; l0 += k.vl)
                 k.output(m + o * ld + s0 + l0, m_point, st->bias ? st->bias[o] : 0.0f, st, g,

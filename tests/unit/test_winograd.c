@@ -2,8 +2,9 @@
  * Winograd F(4x4, 3x3) (kernels/winograd.c) against a direct 3x3 conv
  * accumulated in double, on maps from 1x1 up, odd sizes, dilations 1 to 4,
  * pads from none (valid) through same to asymmetric and past the kernel,
- * with the tiles cut in blocks and the output channels in chunks as conv's
- * items cut them, bias or none, ReLU, Clip and a post pass.  Runs the
+ * with the tiles cut in spans and blocks, the input channels of a span's
+ * transform in two calls and the output channels in chunks as conv's items
+ * cut them, bias or none, ReLU, Clip and a post pass.  Runs the
  * transforms that the CPU and MASKD_CPU select (it prints which); ctest runs
  * it at every level.
  *
@@ -36,9 +37,10 @@ enum { TOL_UNITS = 2 }; /* x 1e-5 */
 typedef struct wcase {
     int64_t cin, cout, in_h, in_w, dil_h, dil_w;
     int64_t pt, pl, pb, pr; /* pads: top, left, bottom, right */
-    int64_t block, chunk;   /* tiles per call, output channels per call */
+    int64_t span, chunk;    /* tiles per input transform, output channels per call */
     bool bias;
     int act;                /* 0 none, 1 relu, 2 clip, 3 post (x2) */
+    int64_t block;          /* tiles per output call (0: the span) */
 } wcase;
 
 static void double_it(float *v, int64_t n, const void *arg)
@@ -65,8 +67,16 @@ static void run_case(const wcase *wc)
     mk_winograd_axis_init(&g.h, wc->in_h, out_h, wc->pt, wc->dil_h);
     mk_winograd_axis_init(&g.w, wc->in_w, out_w, wc->pl, wc->dil_w);
     const int64_t tiles = g.h.tiles * g.w.tiles;
-    void *scratch = mk_aligned_alloc(mk_winograd_block_bytes(wc->cin, wc->chunk, wc->block));
-    for (int64_t m0 = 0; m0 < wc->cout; m0 += wc->chunk) {
+    const int64_t block = wc->block ? wc->block : wc->span;
+    float *v = mk_aligned_alloc(mk_winograd_v_floats(wc->cin, wc->span) * sizeof *v);
+    void *scratch = mk_aligned_alloc(mk_winograd_output_bytes(wc->chunk, block));
+    for (int64_t t0 = 0; t0 < tiles; t0 += wc->span) {
+        const int64_t nt = t0 + wc->span < tiles ? wc->span : tiles - t0;
+        /* Two threads' channel ranges, the second first. */
+        const int64_t cut = wc->cin / 3;
+        mk_winograd_input(x, wc->cin, cut, wc->cin - cut, &g, t0, nt, v);
+        mk_winograd_input(x, wc->cin, 0, cut, &g, t0, nt, v);
+        for (int64_t m0 = 0; m0 < wc->cout; m0 += wc->chunk) {
         const int64_t mn = m0 + wc->chunk < wc->cout ? wc->chunk : wc->cout - m0;
         const mk_winograd_store st = {
             .bias = wc->bias ? b + m0 : NULL,
@@ -77,10 +87,10 @@ static void run_case(const wcase *wc)
             .hi = 0.75f,
             .post = wc->act == 3 ? double_it : NULL,
         };
-        for (int64_t t0 = 0; t0 < tiles; t0 += wc->block)
-            mk_winograd_block(x, wc->cin, u, wc->cout, m0, mn, &g, t0,
-                              t0 + wc->block < tiles ? wc->block : tiles - t0, &st,
-                              y + m0 * out_h * out_w, scratch);
+        for (int64_t j0 = 0; j0 < nt; j0 += block)
+            mk_winograd_output(v, wc->cin, nt, j0, j0 + block < nt ? block : nt - j0, u, wc->cout, m0,
+                               mn, &g, t0, &st, y + m0 * out_h * out_w, scratch);
+        }
     }
 
     int64_t bad = -1;
@@ -135,11 +145,11 @@ static void run_case(const wcase *wc)
     free(mags);
     if (!ok)
         printf("FAIL cin %lld cout %lld in %lldx%lld dil %lldx%lld pads %lld,%lld,%lld,%lld "
-               "block %lld chunk %lld bias %d act %d: element %lld got %.7g want %.7g\n",
+               "span %lld block %lld chunk %lld bias %d act %d: element %lld got %.7g want %.7g\n",
                (long long)wc->cin, (long long)wc->cout, (long long)wc->in_h,
                (long long)wc->in_w, (long long)wc->dil_h, (long long)wc->dil_w,
                (long long)wc->pt, (long long)wc->pl, (long long)wc->pb, (long long)wc->pr,
-               (long long)wc->block, (long long)wc->chunk, wc->bias, wc->act, (long long)bad,
+               (long long)wc->span, (long long)block, (long long)wc->chunk, wc->bias, wc->act, (long long)bad,
                bad_got, bad_want);
     if (ok) passed++;
     else failed++;
@@ -149,6 +159,7 @@ static void run_case(const wcase *wc)
     free(y);
     mk_aligned_free(u);
     mk_aligned_free(scratch);
+    mk_aligned_free(v);
 }
 
 static wcase random_case(void)
@@ -173,7 +184,8 @@ static wcase random_case(void)
     while (wc.in_h + wc.pt + wc.pb < 2 * wc.dil_h + 1) wc.pb++;
     while (wc.in_w + wc.pl + wc.pr < 2 * wc.dil_w + 1) wc.pr++;
     static const int64_t blocks[] = {1, 7, 16, 17, 32, 48, 96};
-    wc.block = blocks[rnd(0, 6)];
+    wc.span = blocks[rnd(0, 6)];
+    wc.block = rng() % 2 ? 0 : blocks[rnd(0, 6)];
     wc.chunk = rng() % 2 ? wc.cout : rnd(1, wc.cout);
     wc.bias = rng() % 3 != 0;
     wc.act = (int)(rng() % 4);
@@ -186,15 +198,16 @@ int main(int argc, char **argv)
     const int count = argc > 2 ? atoi(argv[2]) : 300;
     /* Fixed corners: a 1x1 map (every tile mostly padding), ResNet's 14x14
      * and 7x7 with same pads, DeepLab's dilations on a map that is not a
-     * multiple of them, a wide K for the sgemm's K blocks. */
+     * multiple of them (one with a span of many blocks), a wide K for the
+     * sgemm's K blocks. */
     const wcase fixed[] = {
-        {8, 8, 1, 1, 1, 1, 1, 1, 1, 1, 16, 8, true, 1},
-        {32, 24, 14, 14, 1, 1, 1, 1, 1, 1, 16, 8, true, 0},
-        {16, 40, 7, 7, 1, 1, 1, 1, 1, 1, 96, 40, false, 1},
-        {24, 16, 30, 29, 2, 2, 2, 2, 2, 2, 32, 16, true, 1},
-        {16, 16, 33, 31, 4, 4, 4, 4, 4, 4, 48, 16, true, 2},
-        {300, 9, 13, 17, 1, 1, 1, 1, 1, 1, 16, 9, true, 3},
-        {5, 7, 5, 7, 3, 2, 0, 0, 0, 0, 16, 3, true, 0},
+        {8, 8, 1, 1, 1, 1, 1, 1, 1, 1, 16, 8, true, 1, 0},
+        {32, 24, 14, 14, 1, 1, 1, 1, 1, 1, 16, 8, true, 0, 0},
+        {16, 40, 7, 7, 1, 1, 1, 1, 1, 1, 96, 40, false, 1, 0},
+        {24, 16, 30, 29, 2, 2, 2, 2, 2, 2, 240, 16, true, 1, 32},
+        {16, 16, 33, 31, 4, 4, 4, 4, 4, 4, 48, 16, true, 2, 16},
+        {300, 9, 13, 17, 1, 1, 1, 1, 1, 1, 16, 9, true, 3, 0},
+        {5, 7, 5, 7, 3, 2, 0, 0, 0, 0, 16, 3, true, 0, 0},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) run_case(&fixed[i]);
     for (int i = 0; i < count; i++) {
