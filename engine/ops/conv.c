@@ -258,6 +258,59 @@ static void split_tiles(conv_plan *p, int64_t positions, int64_t tile, int64_t o
     set_channel_chunks(p, m, chunks);
 }
 
+/* The busiest thread's positions when `slots` threads take n_tiles tiles
+ * of `tile` (the last one short) in turn, each to the least loaded. */
+static int64_t busiest(int slots, int64_t positions, int64_t tile, int64_t n_tiles)
+{
+    int64_t load[64] = {0};
+    if (slots > 64) slots = 64;
+    const int64_t last = positions - (n_tiles - 1) * tile;
+    for (int64_t t = 0; t < n_tiles; t++) {
+        int least = 0;
+        for (int i = 1; i < slots; i++)
+            if (load[i] < load[least]) least = i;
+        load[least] += t == n_tiles - 1 ? last : tile;
+    }
+    int64_t most = 0;
+    for (int i = 0; i < slots; i++) most = load[i] > most ? load[i] : most;
+    return most;
+}
+
+/*
+ * The split for threads when positions, not channels, should go first: a
+ * channel chunk packs its tile's whole B again (K x tile), a tile reads all
+ * of A (m x K) again.  With chunks, each of T threads packs B about twice
+ * and reads A / T; with tiles, it reads A and packs B / T: tiles cost less
+ * when m < 3 x positions (at T = 2; ResNet-50's 1x1 convs at 14x14: 256 or
+ * 1024 channels by 196 positions, each chunk packing up to 4 MB of B).
+ * Needs a whole sgemm panel (48 columns) per thread at least.
+ */
+enum { TILES_FIRST_RATIO = 3, MIN_THREAD_TILE = 48 };
+
+static bool split_tiles_first(conv_plan *p, int64_t positions, int64_t budget_tile, int64_t outer,
+                              int64_t m)
+{
+    if (p->slots <= 1 || outer != 1 || m >= TILES_FIRST_RATIO * positions ||
+        positions < MIN_THREAD_TILE * p->slots)
+        return false;
+    /* Between one and four tiles per thread, in whole steps of the
+     * vectors, the count whose busiest thread has least to do. */
+    int64_t best_tile = 0, best_n = 0, best_load = 0;
+    for (int64_t per = 1; per <= 4; per++) {
+        const int64_t want = per * p->slots;
+        if (positions / want < MIN_THREAD_TILE) break;
+        int64_t tile = mk_ceil_div(mk_ceil_div(positions, want), TILE_ALIGN) * TILE_ALIGN;
+        if (tile > budget_tile) continue;
+        const int64_t n = mk_ceil_div(positions, tile), load = busiest(p->slots, positions, tile, n);
+        if (!best_n || load < best_load) best_tile = tile, best_n = n, best_load = load;
+    }
+    if (!best_n) return false;
+    p->tile = best_tile;
+    p->n_tiles = best_n;
+    set_channel_chunks(p, m, 1);
+    return true;
+}
+
 /* split_tiles for the sgemm paths: a tile's per-thread buffer
  * (bytes_per_position each) near the budget. */
 static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_position,
@@ -269,6 +322,7 @@ static void split_work(conv_plan *p, int64_t positions, int64_t bytes_per_positi
     int64_t tile = bytes_per_position > 0 ? COL_BUDGET_BYTES / bytes_per_position : positions;
     if (tile < MIN_TILE) tile = MIN_TILE;
     if (tile > positions) tile = positions;
+    if (split_tiles_first(p, positions, tile, outer, m)) return;
     /* Tiles in whole 8-column steps of the sgemm's vectors. */
     split_tiles(p, positions, tile, outer, m, SPLIT_TILE, TILE_ALIGN);
 }

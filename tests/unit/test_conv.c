@@ -793,6 +793,24 @@ static void fixed_conv_cases(mk_pool *pool)
     for (int i = 0; i < 4; i++) cc.pads[i] = 12;
     cc.has_pads = true, cc.bias = true;
     run_conv_case(&cc, pool);
+    /* The 2-thread splits of ResNet's shapes: Winograd sharing a span's V
+     * (28x28: 49 tiles), Winograd in blocks of their own (56x56, batch 2:
+     * 392 tiles) and a 1x1 conv split by positions first (14x14). */
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 1, cc.c = 32, cc.m = 40, cc.group = 1;
+    cc.in[0] = cc.in[1] = 28, cc.k[0] = cc.k[1] = 3;
+    cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
+    for (int i = 0; i < 4; i++) cc.pads[i] = 1;
+    cc.has_pads = true, cc.bias = true, cc.w_const = true, cc.act = MK_ACT_RELU;
+    run_conv_case(&cc, pool);
+    cc.n = 2, cc.c = 16, cc.m = 24, cc.in[0] = cc.in[1] = 56;
+    run_conv_case(&cc, pool);
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 1, cc.c = 96, cc.m = 64, cc.group = 1;
+    cc.in[0] = cc.in[1] = 14, cc.k[0] = cc.k[1] = 1;
+    cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
+    cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
     /* Empty batch. */
     memset(&cc, 0, sizeof cc);
     cc.rank = 2, cc.n = 0, cc.c = 4, cc.m = 4, cc.group = 1;
