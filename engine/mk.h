@@ -203,6 +203,12 @@ int mk_pool_slots(const mk_pool *pool);
 
 void *mk_aligned_alloc(size_t bytes); /* 64-byte aligned, zero bytes -> non-NULL */
 void mk_aligned_free(void *p);
+/* mk_aligned_alloc for buffers a run sweeps through (activations, scratch):
+ * from 2 MB up, in whole 2 MB pages the kernel is asked to back with huge
+ * pages, so that a sweep over megabytes does not miss the TLB every 4 KB
+ * (shapes-det stage 1 at 1 thread, 5 alternating runs: median 0.3 ms, 1%,
+ * lower; minimum the same).  Freed with mk_aligned_free. */
+void *mk_big_alloc(size_t bytes);
 
 /* ---- CPU dispatch (cpu.c) ---------------------------------------------- */
 

@@ -262,7 +262,7 @@ static int assign_offsets(maskd_session *s, mk_error *err)
     }
     free(spans);
     s->arena_bytes = total;
-    s->arena = mk_aligned_alloc(total);
+    s->arena = mk_big_alloc(total);
     if (!s->arena) return mk_fail(err, MASKD_ERR_NOMEM, "out of memory for a %zu-byte arena", total);
     for (int v = 0; v < m->n_values; v++)
         if (s->kind[v] == V_ARENA) s->vals[v].data = s->arena + s->offset[v];
@@ -353,7 +353,7 @@ static int plan(maskd_session *s, const maskd_tensor *inputs, mk_error *err)
     }
     int rc = assign_offsets(s, err);
     if (rc) return rc;
-    if (s->scratch_bytes && !(s->scratch = mk_aligned_alloc(s->scratch_bytes)))
+    if (s->scratch_bytes && !(s->scratch = mk_big_alloc(s->scratch_bytes)))
         return mk_fail(err, MASKD_ERR_NOMEM, "out of memory for %zu bytes of scratch",
                        s->scratch_bytes);
     s->planned = true;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "mk.h"
 
@@ -182,6 +183,19 @@ void *mk_aligned_alloc(size_t bytes)
 }
 
 void mk_aligned_free(void *p) { free(p); }
+
+void *mk_big_alloc(size_t bytes)
+{
+    enum { HUGE_PAGE = 2 << 20 };
+    if (bytes < HUGE_PAGE) return mk_aligned_alloc(bytes);
+    size_t rounded = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    void *p = NULL;
+    if (rounded < bytes || posix_memalign(&p, HUGE_PAGE, rounded)) return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, rounded, MADV_HUGEPAGE); /* a hint: without it, 4 KB pages */
+#endif
+    return p;
+}
 
 /* ---- op context helpers ------------------------------------------------- */
 
