@@ -30,7 +30,9 @@
  *             rows instead, each input vector serving every output row it
  *             is a kernel row of.
  *   strided   (avx512) stride 2 across: the row walk with column masks
- *             tabulated once per call and constant loops on full rows.
+ *             tabulated once per call and constant loops on full rows; for
+ *             kernels past 3x3, on input rows split once into their even and
+ *             odd columns instead.
  *
  * Planes come in runs (mk_depthwise_planes) so the geometry and mask tables
  * are worked out once per run, not per plane.  The fused activation
@@ -42,6 +44,7 @@
  */
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -841,7 +844,6 @@ AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const fl
  * tabulated once per call (with whether the vector needs none), and each
  * output row finds its live kernel rows without a division.
  */
-enum { STRIDED_TABLE_MAX = 2048 };
 
 AVX512_TARGET ALWAYS_INLINE void strided_avx512_body(const float *x, const float *w, float bias,
                                                      const dw_strided *sg,
@@ -899,6 +901,112 @@ AVX512_TARGET ALWAYS_INLINE void strided_avx512_body(const float *x, const float
     }
 }
 
+/*
+ * The strided walk for kernels of more than SPLIT_MIN_TAPS taps, where a
+ * permute per tap and vector above is the bound (one port): each input row
+ * the output rows need is split once into its even and its odd columns
+ * (zero where the row's padding is), kept in a ring of the last few rows;
+ * output o's tap kw then reads column o + kw * dw / 2 of one half, a plain
+ * load, and every output row the input row serves reuses the split.  A 5x5
+ * over 72 planes of 128x128 took 0.72 ms above, 0.43 ms so; a 3x3 over 96
+ * planes of 112x112 0.25 above and 0.30 so (memory-bound either way, and
+ * the split is one more pass).
+ */
+enum { STRIDED_TABLE_MAX = 2048, SPLIT_V = 16, SPLIT_GROUP = 4, SPLIT_MIN_TAPS = 9 };
+
+typedef struct split_ring {
+    int64_t half;  /* floats per half row, whole vectors, past every tap's reach */
+    int64_t slots; /* rows kept, a power of two */
+    float *rows;   /* [slots][even half, odd half] */
+    int64_t *held; /* the input row in each slot, -1: none */
+} split_ring;
+
+/* even[j] = row[2j - pw], odd[j] = row[2j + 1 - pw], zero outside [0, tw). */
+AVX512_TARGET static void split_row(const float *row, int64_t tw, int64_t pw, int64_t half,
+                                    float *even, float *odd)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int64_t j = 0; j < half; j += SPLIT_V) {
+        const int64_t c = 2 * j - pw;
+        __m512 lo, hi;
+        if (c >= 0 && c + 2 * SPLIT_V <= tw) {
+            lo = _mm512_loadu_ps(row + c);
+            hi = _mm512_loadu_ps(row + c + SPLIT_V);
+        } else { /* the row's ends: masked loads, zeros past them */
+            lo = _mm512_maskz_loadu_ps((__mmask16)column_mask(c, SPLIT_V, 1, tw), row + c);
+            hi = _mm512_maskz_loadu_ps((__mmask16)column_mask(c + SPLIT_V, SPLIT_V, 1, tw),
+                                       row + c + SPLIT_V);
+        }
+        _mm512_storeu_ps(even + j, _mm512_permutex2var_ps(lo, ev, hi));
+        _mm512_storeu_ps(odd + j, _mm512_permutex2var_ps(lo, od, hi));
+    }
+}
+
+/* Input row ih split, from the ring or now. */
+AVX512_TARGET static const float *split_of(split_ring *ring, const float *x, const dw_strided *sg,
+                                           int64_t ih)
+{
+    const int64_t slot = ih & (ring->slots - 1);
+    float *even = ring->rows + slot * 2 * ring->half;
+    if (ring->held[slot] != ih) {
+        split_row(x + ih * sg->tw, sg->tw, sg->pw, ring->half, even, even + ring->half);
+        ring->held[slot] = ih;
+    }
+    return even;
+}
+
+AVX512_TARGET ALWAYS_INLINE void split_avx512_body(const float *x, const float *w, float bias,
+                                                   const dw_strided *sg, split_ring *ring,
+                                                   const mk_act_spec *ep, float *y, const int KH,
+                                                   const int KW, const int64_t DW)
+{
+    enum { V = SPLIT_V, G = SPLIT_GROUP };
+    const int64_t ow = sg->ow, n_vec = (ow + V - 1) / V, half = ring->half;
+    for (int64_t s = 0; s < ring->slots; s++) ring->held[s] = -1;
+    const __m512 vb = _mm512_set1_ps(bias);
+    for (int64_t oh = 0; oh < sg->h; oh++, y += ow) {
+        const float *src[MAX_KW];
+        const float *wk[MAX_KW];
+        int live = 0;
+        for (int kh = 0; kh < KH; kh++)
+            if (oh >= sg->row_lo[kh] && oh < sg->row_hi[kh]) {
+                src[live] = split_of(ring, x, sg, oh * sg->sh + sg->row_off[kh]);
+                wk[live++] = w + kh * KW;
+            }
+        /* G vectors at a time: independent FMA chains. */
+        int64_t v = 0;
+        for (; v + G <= n_vec; v += G) {
+            __m512 a[G];
+            for (int j = 0; j < G; j++) a[j] = vb;
+            for (int r = 0; r < live; r++)
+                for (int kw = 0; kw < KW; kw++) {
+                    const float *p = src[r] + ((kw * DW) & 1) * half + ((kw * DW) >> 1) + v * V;
+                    const __m512 t = _mm512_set1_ps(wk[r][kw]);
+                    for (int j = 0; j < G; j++)
+                        a[j] = _mm512_fmadd_ps(t, _mm512_loadu_ps(p + j * V), a[j]);
+                }
+            for (int j = 0; j < G; j++) {
+                const int64_t o = (v + j) * V;
+                const __mmask16 m = (__mmask16)bit_range(0, ow - o < V ? ow - o : V);
+                _mm512_mask_storeu_ps(y + o, m, act16(a[j], ep));
+            }
+        }
+        for (; v < n_vec; v++) {
+            __m512 a0 = vb, a1 = _mm512_setzero_ps();
+            for (int r = 0; r < live; r++)
+                for (int kw = 0; kw < KW; kw++) {
+                    const float *p = src[r] + ((kw * DW) & 1) * half + ((kw * DW) >> 1) + v * V;
+                    if (kw & 1) a1 = _mm512_fmadd_ps(_mm512_set1_ps(wk[r][kw]), _mm512_loadu_ps(p), a1);
+                    else a0 = _mm512_fmadd_ps(_mm512_set1_ps(wk[r][kw]), _mm512_loadu_ps(p), a0);
+                }
+            const int64_t o = v * V;
+            const __mmask16 m = (__mmask16)bit_range(0, ow - o < V ? ow - o : V);
+            _mm512_mask_storeu_ps(y + o, m, act16(_mm512_add_ps(a0, a1), ep));
+        }
+    }
+}
+
 /* The column masks of every vector of a row and tap, and whether all 32
  * columns under each tap exist (then plain loads serve); false when the
  * table would not fit. */
@@ -920,10 +1028,10 @@ static bool strided_table(const dw_strided *sg, uint32_t *table)
     return true;
 }
 
-AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const float *w,
-                                         int64_t w_stride, const float *bias, int64_t n_planes,
-                                         const dw_strided *sg, const mk_act_spec *ep, float *y,
-                                         int64_t y_stride)
+AVX512_TARGET static bool strided_table_avx512(const float *x, int64_t x_stride, const float *w,
+                                               int64_t w_stride, const float *bias,
+                                               int64_t n_planes, const dw_strided *sg,
+                                               const mk_act_spec *ep, float *y, int64_t y_stride)
 {
     uint32_t table[STRIDED_TABLE_MAX];
     if (!strided_table(sg, table)) return false;
@@ -933,9 +1041,44 @@ AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const
         float *yi = y + i * y_stride;
         const int64_t kh = sg->kh_n, kw = sg->kw_n, dw = sg->dw;
         if (kh == 3 && kw == 3 && dw == 1) strided_avx512_body(xi, wi, bi, sg, table, ep, yi, 3, 3, 1);
-        else if (kh == 5 && kw == 5 && dw == 1) strided_avx512_body(xi, wi, bi, sg, table, ep, yi, 5, 5, 1);
         else strided_avx512_body(xi, wi, bi, sg, table, ep, yi, (int)kh, (int)kw, dw);
     }
+    return true;
+}
+
+AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const float *w,
+                                         int64_t w_stride, const float *bias, int64_t n_planes,
+                                         const dw_strided *sg, const mk_act_spec *ep, float *y,
+                                         int64_t y_stride)
+{
+    const int64_t kh = sg->kh_n, kw = sg->kw_n, dw = sg->dw;
+    if (kh * kw <= SPLIT_MIN_TAPS)
+        return strided_table_avx512(x, x_stride, w, w_stride, bias, n_planes, sg, ep, y, y_stride);
+    const int64_t dh = kh > 1 ? sg->row_off[1] - sg->row_off[0] : 0;
+    /* Every tap of the last vector inside the half row; rows enough that one
+     * output row's rows and the next one's stay in the ring together (a
+     * power of two: a row's slot is a mask, not a division). */
+    split_ring ring = {.half = ((sg->ow + SPLIT_V - 1) / SPLIT_V * SPLIT_V + (kw - 1) * dw / 2 +
+                                SPLIT_V) / SPLIT_V * SPLIT_V,
+                       .slots = 1};
+    while (ring.slots < (kh - 1) * dh + 1 + sg->sh) ring.slots *= 2;
+    ring.rows = mk_aligned_alloc((size_t)(ring.slots * 2 * ring.half) * sizeof(float));
+    ring.held = malloc((size_t)ring.slots * sizeof *ring.held);
+    if (!ring.rows || !ring.held) {
+        mk_aligned_free(ring.rows);
+        free(ring.held);
+        return false; /* the row kernels serve */
+    }
+    for (int64_t i = 0; i < n_planes; i++) {
+        const float *xi = x + i * x_stride, *wi = w + i * w_stride;
+        const float bi = bias ? bias[i] : 0.0f;
+        float *yi = y + i * y_stride;
+        if (kh == 3 && kw == 3 && dw == 1) split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, 3, 3, 1);
+        else if (kh == 5 && kw == 5 && dw == 1) split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, 5, 5, 1);
+        else split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, (int)kh, (int)kw, dw);
+    }
+    mk_aligned_free(ring.rows);
+    free(ring.held);
     return true;
 }
 #undef ROW_DISPATCH
