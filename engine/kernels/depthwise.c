@@ -31,8 +31,8 @@
  *             is a kernel row of.
  *   strided   (avx512) stride 2 across: the row walk with column masks
  *             tabulated once per call and constant loops on full rows; for
- *             kernels past 3x3, on input rows split once into their even and
- *             odd columns instead.
+ *             kernels of more than 9 taps, on input rows split once into
+ *             their even and odd columns instead.
  *
  * Planes come in runs (mk_depthwise_planes) so the geometry and mask tables
  * are worked out once per run, not per plane.  The fused activation
@@ -1073,8 +1073,7 @@ AVX512_TARGET static bool strided_avx512(const float *x, int64_t x_stride, const
         const float *xi = x + i * x_stride, *wi = w + i * w_stride;
         const float bi = bias ? bias[i] : 0.0f;
         float *yi = y + i * y_stride;
-        if (kh == 3 && kw == 3 && dw == 1) split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, 3, 3, 1);
-        else if (kh == 5 && kw == 5 && dw == 1) split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, 5, 5, 1);
+        if (kh == 5 && kw == 5 && dw == 1) split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, 5, 5, 1);
         else split_avx512_body(xi, wi, bi, sg, &ring, ep, yi, (int)kh, (int)kw, dw);
     }
     mk_aligned_free(ring.rows);

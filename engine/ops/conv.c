@@ -126,9 +126,11 @@ typedef struct conv_plan {
     int slots;
     size_t slot_bytes;             /* per thread: columns or row pointers, staging, sgemm B panels */
     size_t pack_bytes;             /* weights packed at run time (0 when prepacked) */
-    /* Winograd: the tiles go by in spans of wino_span, each transformed into
-     * a V all threads share (shared_bytes), then multiplied in blocks of
-     * `tile` tiles (n_tiles blocks per span) and output-channel chunks. */
+    /* Winograd, threads sharing V (shared_bytes != 0): the tiles go by in
+     * spans of wino_span, each transformed into a V all threads share, then
+     * multiplied in blocks of `tile` tiles (n_tiles blocks per span) and
+     * output-channel chunks.  Otherwise each item transforms its own block
+     * of `tile` tiles (n_tiles blocks per image) into its slot. */
     mk_winograd_geom wino;
     int64_t wino_span;
     size_t shared_bytes;
@@ -198,10 +200,11 @@ static int parse_attrs(mk_ctx *ctx, bool transpose, conv_attrs *a)
  * per thread, and when there are only a few they should split evenly, or one
  * thread finishes a whole item after the others (small maps at 2 threads:
  * 14x14 as tiles of 64, 64, 64 and 4 columns kept the second thread mostly
- * idle).  Channels are split first: a chunk keeps its sgemm's columns whole,
- * which small maps need to fill the vectors, and only repeats the tile's
- * B packing (im2col).  Chunks are whole weight panels and at least
- * MIN_MCHUNK rows, below which that repeated work stops paying.
+ * idle).  Here channels are split first: a chunk keeps its sgemm's columns
+ * whole, which small maps need to fill the vectors, and only repeats the
+ * tile's B packing (im2col).  Chunks are whole weight panels and at least
+ * MIN_MCHUNK rows, below which that repeated work stops paying.  Where B
+ * costs more than that, split_tiles_first cuts positions first instead.
  */
 static int64_t wanted_items(const conv_plan *p) { return p->slots > 1 ? 2 * (int64_t)p->slots : 1; }
 
@@ -259,7 +262,8 @@ static void split_tiles(conv_plan *p, int64_t positions, int64_t tile, int64_t o
 }
 
 /* The busiest thread's positions when `slots` threads take n_tiles tiles
- * of `tile` (the last one short) in turn, each to the least loaded. */
+ * of `tile` (the last one short) in turn, each to the least loaded: a model
+ * of the pool's home ranges with stealing, good enough to rank counts. */
 static int64_t busiest(int slots, int64_t positions, int64_t tile, int64_t n_tiles)
 {
     int64_t load[64] = {0};
@@ -634,13 +638,16 @@ static int64_t wino_block(int64_t per_tile, int64_t lo, int64_t hi)
 static void plan_winograd(conv_plan *p)
 {
     p->algo = ALGO_WINOGRAD;
-    const int64_t tiles = p->wino.h.tiles * p->wino.w.tiles, floats = MK_WINO_POINTS * sizeof(float);
-    const int64_t own_block = wino_block(floats * (p->cin_g + p->cout_g), WINO_MIN_BLOCK, WINO_MAX_BLOCK);
+    const int64_t tiles = p->wino.h.tiles * p->wino.w.tiles;
+    const int64_t point_bytes = MK_WINO_POINTS * sizeof(float);
+    const int64_t own_block = wino_block(point_bytes * (p->cin_g + p->cout_g), WINO_MIN_BLOCK, WINO_MAX_BLOCK);
     if (p->slots <= 1 || p->batch * tiles >= WINO_OWN_BLOCKS * p->slots * WINO_MIN_BLOCK) {
-        /* Blocks of their own: enough of them for the threads, no chunks. */
+        /* Blocks of their own: about WINO_OWN_BLOCKS per thread (fewer when
+         * whole steps round them up), no chunks. */
         int64_t blocks = mk_ceil_div(tiles, own_block);
         while (p->slots > 1 && p->batch * blocks < WINO_OWN_BLOCKS * p->slots) blocks++;
         p->tile = mk_ceil_div(mk_ceil_div(tiles, blocks), WINO_STEP) * WINO_STEP;
+        if (p->tile > tiles) p->tile = tiles;
         p->n_tiles = mk_ceil_div(tiles, p->tile);
         set_channel_chunks(p, p->cout_g, 1);
         p->wino_span = p->tile;
@@ -649,11 +656,11 @@ static void plan_winograd(conv_plan *p)
         return;
     }
     /* Even spans of whole steps, each V near the budget. */
-    const int64_t most = wino_block(floats * p->cin_g, WINO_STEP, tiles);
+    const int64_t most = wino_block(point_bytes * p->cin_g, WINO_STEP, tiles);
     const int64_t spans = mk_ceil_div(tiles, most);
     p->wino_span = mk_ceil_div(mk_ceil_div(tiles, spans), WINO_STEP) * WINO_STEP;
     if (p->wino_span > tiles) p->wino_span = tiles;
-    split_tiles(p, p->wino_span, wino_block(floats * p->cout_g, WINO_MIN_BLOCK, WINO_MAX_BLOCK), 1,
+    split_tiles(p, p->wino_span, wino_block(point_bytes * p->cout_g, WINO_MIN_BLOCK, WINO_MAX_BLOCK), 1,
                 p->cout_g, WINO_STEP, WINO_STEP);
     p->shared_bytes = mk_align64(mk_winograd_v_floats(p->cin_g, p->wino_span) * sizeof(float));
     p->slot_bytes = mk_align64(mk_winograd_output_bytes(p->m_chunk, p->tile));
@@ -1309,8 +1316,9 @@ static mk_winograd_store winograd_store(const conv_job *job, int64_t m0)
 }
 
 /* Items are (image, block of tiles, output-channel chunk) when each thread
- * transforms its own input (one thread: see plan_winograd), or (block of
- * the current span, chunk) when the threads share the span's V. */
+ * transforms the input of its own blocks (one thread, or maps of many
+ * blocks: see plan_winograd), or (block of the current span, chunk) when
+ * the threads share the span's V. */
 static void winograd_items(const conv_job *job, int64_t begin, int64_t end, int slot)
 {
     const conv_plan *p = job->p;

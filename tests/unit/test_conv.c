@@ -811,6 +811,34 @@ static void fixed_conv_cases(mk_pool *pool)
     cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
     cc.bias = true, cc.w_const = true;
     run_conv_case(&cc, pool);
+    /* Shared V with a batch of two (span by span per image), and with
+     * several spans and output-channel chunks (512 input channels). */
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 2, cc.c = 32, cc.m = 40, cc.group = 1;
+    cc.in[0] = cc.in[1] = 28, cc.k[0] = cc.k[1] = 3;
+    cc.s[0] = cc.s[1] = cc.d[0] = cc.d[1] = 1;
+    for (int i = 0; i < 4; i++) cc.pads[i] = 1;
+    cc.has_pads = true, cc.bias = true, cc.w_const = true;
+    run_conv_case(&cc, pool);
+    cc.n = 1, cc.c = 512, cc.m = 96;
+    run_conv_case(&cc, pool);
+    /* Stride-2 depthwise past 9 taps on the split rows (AVX-512): a 3x5
+     * kernel at strides 1x2 and 3x2, and a 1-D 11-tap kernel. */
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 2, cc.n = 1, cc.c = cc.m = cc.group = 5;
+    cc.in[0] = 23, cc.in[1] = 70, cc.k[0] = 3, cc.k[1] = 5;
+    cc.s[0] = 1, cc.s[1] = 2, cc.d[0] = 1, cc.d[1] = 2;
+    cc.pads[0] = cc.pads[2] = 1, cc.pads[1] = cc.pads[3] = 4;
+    cc.has_pads = true, cc.bias = true, cc.w_const = true, cc.act = MK_ACT_RELU;
+    run_conv_case(&cc, pool);
+    cc.s[0] = 3;
+    run_conv_case(&cc, pool);
+    memset(&cc, 0, sizeof cc);
+    cc.rank = 1, cc.n = 2, cc.c = cc.m = cc.group = 3;
+    cc.in[0] = 61, cc.k[0] = 11, cc.s[0] = 2, cc.d[0] = 1;
+    cc.pads[0] = 5, cc.pads[1] = 5;
+    cc.has_pads = true, cc.bias = true;
+    run_conv_case(&cc, pool);
     /* Empty batch. */
     memset(&cc, 0, sizeof cc);
     cc.rank = 2, cc.n = 0, cc.c = 4, cc.m = 4, cc.group = 1;

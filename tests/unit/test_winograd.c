@@ -77,19 +77,19 @@ static void run_case(const wcase *wc)
         mk_winograd_input(x, wc->cin, cut, wc->cin - cut, &g, t0, nt, v);
         mk_winograd_input(x, wc->cin, 0, cut, &g, t0, nt, v);
         for (int64_t m0 = 0; m0 < wc->cout; m0 += wc->chunk) {
-        const int64_t mn = m0 + wc->chunk < wc->cout ? wc->chunk : wc->cout - m0;
-        const mk_winograd_store st = {
-            .bias = wc->bias ? b + m0 : NULL,
-            .clamp = wc->act == 1 ? MK_SGEMM_CLAMP_RELU
-                     : wc->act == 2 ? MK_SGEMM_CLAMP_CLIP
-                                    : MK_SGEMM_CLAMP_NONE,
-            .lo = -0.5f,
-            .hi = 0.75f,
-            .post = wc->act == 3 ? double_it : NULL,
-        };
-        for (int64_t j0 = 0; j0 < nt; j0 += block)
-            mk_winograd_output(v, wc->cin, nt, j0, j0 + block < nt ? block : nt - j0, u, wc->cout, m0,
-                               mn, &g, t0, &st, y + m0 * out_h * out_w, scratch);
+            const int64_t mn = m0 + wc->chunk < wc->cout ? wc->chunk : wc->cout - m0;
+            const mk_winograd_store st = {
+                .bias = wc->bias ? b + m0 : NULL,
+                .clamp = wc->act == 1 ? MK_SGEMM_CLAMP_RELU
+                         : wc->act == 2 ? MK_SGEMM_CLAMP_CLIP
+                                        : MK_SGEMM_CLAMP_NONE,
+                .lo = -0.5f,
+                .hi = 0.75f,
+                .post = wc->act == 3 ? double_it : NULL,
+            };
+            for (int64_t j0 = 0; j0 < nt; j0 += block)
+                mk_winograd_output(v, wc->cin, nt, j0, j0 + block < nt ? block : nt - j0, u, wc->cout, m0,
+                                   mn, &g, t0, &st, y + m0 * out_h * out_w, scratch);
         }
     }
 
