@@ -1,6 +1,6 @@
 /*
  * Winograd F(4x4, 3x3) (kernels/winograd.c) against a direct 3x3 conv
- * accumulated in double, on maps from 1x1 up, odd sizes, dilations 1 to 4,
+ * accumulated in double, on maps from 1x1 up, odd sizes, dilations 1 to 13,
  * pads from none (valid) through same to asymmetric and past the kernel,
  * with the tiles cut in spans and blocks, the input channels of a span's
  * transform in two calls and the output channels in chunks as conv's items
@@ -172,7 +172,9 @@ static wcase random_case(void)
     wc.cout = rnd(1, 40);
     wc.in_h = maps[rnd(0, n_maps - 1)];
     wc.in_w = maps[rnd(0, n_maps - 1)];
-    wc.dil_h = rnd(1, 4);
+    /* Dilations up to 4 mostly, and some of DeepLab's ASPP rates' size
+     * (sub-grids of one or two tiles a side). */
+    wc.dil_h = rng() % 4 ? rnd(1, 4) : rnd(5, 13);
     wc.dil_w = rng() % 2 ? wc.dil_h : rnd(1, 4);
     const int pads = (int)(rng() % 4); /* same, valid, asymmetric, big */
     const int64_t ph = wc.dil_h, pw = wc.dil_w;
@@ -208,6 +210,7 @@ int main(int argc, char **argv)
         {16, 16, 33, 31, 4, 4, 4, 4, 4, 4, 48, 16, true, 2, 16},
         {300, 9, 13, 17, 1, 1, 1, 1, 1, 1, 16, 9, true, 3, 0},
         {5, 7, 5, 7, 3, 2, 0, 0, 0, 0, 16, 3, true, 0, 0},
+        {20, 17, 33, 30, 12, 12, 12, 12, 12, 12, 48, 17, true, 1, 16},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) run_case(&fixed[i]);
     for (int i = 0; i < count; i++) {
