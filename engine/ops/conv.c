@@ -924,6 +924,16 @@ static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
         for (int64_t i = 0; i < cols; i++) y[r * ld + i] = v;
 }
 
+/* Depthwise items are runs of up to DW_RUN output channels of one image:
+ * on small maps the kernel interleaves whole groups of sixteen planes
+ * (kernels/depthwise.c), so a thread's share is whole groups. */
+enum { DW_RUN = 16 };
+
+static int64_t depthwise_item_count(const conv_plan *p)
+{
+    return p->batch * mk_ceil_div(p->c_out, DW_RUN);
+}
+
 static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
 {
     const conv_plan *p = job->p;
@@ -932,19 +942,24 @@ static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
      * in cache. */
     const bool fused = mk_act_span_supports(job->act);
     const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
-    /* Runs of output channels of one image: with one output per input
-     * channel, plane it of x feeds plane it of y; otherwise one at a time. */
+    const int64_t per_image = mk_ceil_div(p->c_out, DW_RUN);
     for (int64_t it = begin; it < end;) {
-        const int64_t n = it / p->c_out, oc = it % p->c_out;
-        const int64_t g = oc / p->cout_g; /* its only input channel */
-        const int64_t image_end = (n + 1) * p->c_out < end ? (n + 1) * p->c_out : end;
-        const int64_t run = p->cout_g == 1 ? image_end - it : 1;
-        float *y = job->y + it * p->s_out;
-        mk_depthwise_planes(job->x + (n * p->c_in + g) * p->s_in, p->s_in, job->w + oc * p->taps,
-                            p->taps, job->bias ? job->bias + oc : NULL, run, &p->geom, &ep, y,
-                            p->s_out);
-        if (!fused) mk_apply_act(y, run * p->s_out, job->act, job->act_alpha, job->act_beta);
-        it += run;
+        const int64_t n = it / per_image, r0 = it % per_image;
+        const int64_t r1 = r0 + (end - it) < per_image ? r0 + (end - it) : per_image;
+        const int64_t oc1 = r1 * DW_RUN < p->c_out ? r1 * DW_RUN : p->c_out;
+        /* With one output per input channel, plane oc of x feeds plane oc
+         * of y, and the whole run goes at once; otherwise one at a time. */
+        const int64_t run = p->cout_g == 1 ? oc1 - r0 * DW_RUN : 1;
+        for (int64_t oc = r0 * DW_RUN; oc < oc1; oc += run) {
+            const int64_t g = oc / p->cout_g; /* its only input channel */
+            float *y = job->y + (n * p->c_out + oc) * p->s_out;
+            mk_depthwise_planes(job->x + (n * p->c_in + g) * p->s_in, p->s_in,
+                                job->w + oc * p->taps, p->taps,
+                                job->bias ? job->bias + oc : NULL, run, &p->geom, &ep, y,
+                                p->s_out);
+            if (!fused) mk_apply_act(y, run * p->s_out, job->act, job->act_alpha, job->act_beta);
+        }
+        it += r1 - r0;
     }
 }
 
@@ -1450,7 +1465,7 @@ static int run_common(mk_ctx *ctx, bool transpose)
 
     int64_t items;
     switch (p.algo) {
-    case ALGO_DEPTHWISE: items = p.batch * p.c_out; break;
+    case ALGO_DEPTHWISE: items = depthwise_item_count(&p); break;
     case ALGO_TRANSPOSE: items = p.batch * p.group * p.n_mchunks; break;
     default: items = p.batch * p.group * p.n_tiles * p.n_mchunks; break;
     }

@@ -630,6 +630,16 @@ static conv_case random_case(enum kind kind)
     return cc;
 }
 
+/* A bias or none, weights as an initializer or a graph input, any fused
+ * activation; then the case runs. */
+static void run_with_random_extras(conv_case *cc, mk_pool *pool)
+{
+    cc->bias = rng() % 3 != 0;
+    cc->w_const = rng() % 3 != 0;
+    cc->act = random_act();
+    run_conv_case(cc, pool);
+}
+
 /* Depthwise rows wide enough for the vector kernels' blocks, single vectors
  * and masked remainders, for every kernel width and stride they specialize,
  * dilated, with padding from none to past the kernel.  Run at each dispatch
@@ -661,10 +671,7 @@ static void depthwise_wide_cases(mk_pool *pool)
                         int64_t padded = cc.in[i] + cc.pads[i] + cc.pads[i + cc.rank];
                         if (padded < eff) cc.pads[i + cc.rank] += eff - padded;
                     }
-                    cc.bias = rng() % 3 != 0;
-                    cc.w_const = rng() % 3 != 0;
-                    cc.act = random_act();
-                    run_conv_case(&cc, pool);
+                    run_with_random_extras(&cc, pool);
                     count++;
                 }
     printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise wide", count,
@@ -699,10 +706,7 @@ static void depthwise_square_cases(mk_pool *pool)
                     cc.has_pads = true;
                     for (int i = 0; i < 4; i++) cc.pads[i] = eff / 2;
                 }
-                cc.bias = rng() % 3 != 0;
-                cc.w_const = rng() % 3 != 0;
-                cc.act = random_act();
-                run_conv_case(&cc, pool);
+                run_with_random_extras(&cc, pool);
                 count++;
             }
     /* The banded rows (AVX-512): 3x3 undilated and dilated 2, 5x5, on maps
@@ -727,6 +731,45 @@ static void depthwise_square_cases(mk_pool *pool)
             count++;
         }
     printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise square", count,
+           failed - before, mk_isa_name(mk_cpu_level()));
+}
+
+/* Depthwise on small maps with sixteen channels or more: whole groups of
+ * sixteen planes interleaved by channel (AVX-512) and the planes left over
+ * on the other walks; strides 1 and 2 (also mixed), dilated, padding from
+ * none to past the kernel, batches of one and two, every fused activation. */
+static void depthwise_grouped_cases(mk_pool *pool)
+{
+    static const int64_t sizes[] = {1, 2, 3, 5, 7, 8, 14, 15, 16, 20, 23, 28, 40, 56, 63};
+    int before = failed, count = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (int64_t k = 1; k <= 5; k += 2)
+            for (int64_t s = 1; s <= 2; s++) {
+                if (s == 1 && sizes[si] > 24) continue; /* the band walk's maps */
+                conv_case cc;
+                memset(&cc, 0, sizeof cc);
+                cc.rank = 2;
+                cc.n = rnd(1, 2);
+                cc.c = cc.group = cc.m = rng() % 3 == 0 ? 16 * rnd(1, 3) : rnd(16, 50);
+                cc.in[0] = sizes[si] + (rng() % 3 == 0 ? rnd(0, 4) : 0);
+                cc.in[1] = sizes[si];
+                cc.k[0] = cc.k[1] = k;
+                cc.s[0] = s, cc.s[1] = rng() % 4 == 0 ? 3 - s : s;
+                cc.d[0] = cc.d[1] = rng() % 3 == 0 ? 2 : 1;
+                const int64_t eff = (k - 1) * cc.d[0] + 1;
+                cc.has_pads = true;
+                for (int i = 0; i < 4; i++) {
+                    const int choice = (int)(rng() % 4);
+                    cc.pads[i] = choice == 0 ? 0 : choice == 3 ? rnd(0, eff + 1) : eff / 2;
+                }
+                for (int i = 0; i < 2; i++) {
+                    const int64_t padded = cc.in[i] + cc.pads[i] + cc.pads[i + 2];
+                    if (padded < eff) cc.pads[i + 2] += eff - padded;
+                }
+                run_with_random_extras(&cc, pool);
+                count++;
+            }
+    printf("%-16s %d cases, %d failed (cpu level %s)\n", "depthwise groups", count,
            failed - before, mk_isa_name(mk_cpu_level()));
 }
 
@@ -757,10 +800,7 @@ static void stem_cases(mk_pool *pool)
             const int64_t padded = cc.in[d] + cc.pads[d] + cc.pads[d + 2];
             if (padded < eff) cc.pads[d + 2] += eff - padded;
         }
-        cc.bias = rng() % 3 != 0;
-        cc.w_const = rng() % 3 != 0;
-        cc.act = random_act();
-        run_conv_case(&cc, pool);
+        run_with_random_extras(&cc, pool);
         count++;
     }
     printf("%-16s %d cases, %d failed (cpu level %s)\n", "stem", count, failed - before,
@@ -1148,6 +1188,7 @@ int main(int argc, char **argv)
     fixed_conv_cases(pool);
     depthwise_wide_cases(pool);
     depthwise_square_cases(pool);
+    depthwise_grouped_cases(pool);
     stem_cases(pool);
     for (int kind = 0; kind < K_KINDS; kind++) {
         int before = failed;
