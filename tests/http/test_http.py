@@ -801,7 +801,8 @@ def section_check_config(maskd, work):
 
 
 def section_auth_deadline(maskd, work, base, imgs):
-    cfg = dict(base, api_keys=["s3cret-key", "other-key"], deadline_ms=150, queue_depth=16)
+    cfg = dict(base, api_keys=["s3cret-key", "other-key"], queue_depth=16)
+    h = {"X-API-Key": "s3cret-key"}
     d = Daemon(maskd, work, "auth", cfg)
     try:
         check("auth daemon ready", d.wait_ready())
@@ -820,18 +821,34 @@ def section_auth_deadline(maskd, work, base, imgs):
         for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"):
             r = d.get(path)
             check(f"{path} needs no key", r.status == 200)
-        # deadline: one worker, ~100 ms jobs, 150 ms deadline -> the late ones 504
-        h = {"X-API-Key": "s3cret-key"}
+        # The slow model's time here, one request after another: the deadline
+        # below is set from it, so that the test holds on a machine of any speed.
+        times = []
+        for _ in range(3):
+            t0 = time.time()
+            r = d.post("/v1/models/slow/predict", imgs["png"], "image/png", headers=h)
+            times.append(time.time() - t0)
+        check("slow model answers", r.status == 200, r.status)
+    finally:
+        rc = d.stop()
+    check("auth daemon exits 0 on SIGTERM", rc == 0, rc)
+    # deadline: one worker, jobs of ~t, a deadline of 2t: of 10 requests sent
+    # at once the ones queued behind three or more others wait past it -> 504
+    job_ms = sorted(times)[1] * 1000
+    d = Daemon(maskd, work, "deadline", dict(cfg, deadline_ms=max(1, int(2 * job_ms))))
+    try:
+        check("deadline daemon ready", d.wait_ready())
         res = parallel([lambda: d.post("/v1/models/slow/predict", imgs["png"], "image/png", headers=h)] * 10)
         st = [getattr(r, "status", None) for r in res]
         late = [r for r in res if isinstance(r, Response) and r.status == 504]
-        check("deadline passed in the queue -> 504 JSON", late and all(is_error(r, 504, "deadline_exceeded") for r in late), st)
+        check("deadline passed in the queue -> 504 JSON", late and all(is_error(r, 504, "deadline_exceeded") for r in late),
+              (st, f"job {job_ms:.1f} ms"))
         check("deadline: only 200 or 504", all(s in (200, 504) for s in st), st)
         r = d.post("/v1/models/seg/predict", imgs["png"], "image/png", headers=h)
         check("deadline: a normal request right after", r.status == 200 and good_answer(r.json()))
     finally:
         rc = d.stop()
-    check("auth daemon exits 0 on SIGTERM", rc == 0, rc)
+    check("deadline daemon exits 0 on SIGTERM", rc == 0, rc)
 
 
 def section_sighup(maskd, work, base, imgs):
