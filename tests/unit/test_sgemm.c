@@ -204,9 +204,9 @@ int main(int argc, char **argv)
         for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
             problem pb = whole(ms[i], ns[j], 3);
             check("edges k=3", &pb);
-            pb = whole(ms[i], ns[j], 300);
+            pb = whole(ms[i], ns[j], 600);
             pb.ep_kind = 3;
-            check("edges k=300", &pb);
+            check("edges k=600", &pb);
         }
     /* K deep enough for several KC blocks, with a K range inside it. */
     problem deep = whole(40, 100, 1100);
