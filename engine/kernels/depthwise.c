@@ -265,6 +265,19 @@ static bool flat_geometry(const mk_conv_geom *g, dw_flat *f)
     return true;
 }
 
+enum { BAND_ROWS = 4, BAND_MIN_WIDTH = 20, BAND_TABLE_MAX = 2048 };
+
+/* Whether the banded walk (AVX-512, below) takes a flat geometry: 3x3
+ * undilated or dilated 2 (both ways) or 5x5 undilated, on rows wide enough
+ * and a plane tall enough for bands. */
+static bool band_walks(const dw_flat *f)
+{
+    const int64_t kh = f->kh_n, kw = f->kw_n, d = f->dw;
+    return kh == kw && (kh == 3 || (kh == 5 && d == 1)) && (d == 1 || d == 2) &&
+           f->off[1] - f->off[0] == d * f->w && f->w >= BAND_MIN_WIDTH &&
+           f->full_hi - f->full_lo >= BAND_ROWS;
+}
+
 #ifdef MK_DW_X86
 /*
  * The vector kernels walk the whole row in vectors of outputs.  Where four
@@ -740,7 +753,6 @@ AVX512_TARGET ALWAYS_INLINE void flat_avx512_body(const float *x, const float *w
  * lands; other rows go one at a time.  Vectors stay inside a row here, so
  * the column masks of a row's vectors are tabulated once per call.
  */
-enum { BAND_ROWS = 4, BAND_MIN_WIDTH = 20, BAND_TABLE_MAX = 2048 };
 
 static bool band_table(const dw_flat *f, uint16_t *table)
 {
@@ -823,11 +835,9 @@ AVX512_TARGET static void flat_avx512(const float *x, int64_t x_stride, const fl
                                       int64_t y_stride)
 {
     /* 3x3 undilated or dilated 2 (both ways), 5x5 undilated. */
-    const int64_t kh = f->kh_n, kw = f->kw_n, d = f->dw;
+    const int64_t kh = f->kh_n, d = f->dw;
     uint16_t band[BAND_TABLE_MAX];
-    if (kh == kw && (kh == 3 || (kh == 5 && d == 1)) && (d == 1 || d == 2) &&
-        f->off[1] - f->off[0] == d * f->w && f->w >= BAND_MIN_WIDTH &&
-        f->full_hi - f->full_lo >= BAND_ROWS && band_table(f, band)) {
+    if (band_walks(f) && band_table(f, band)) {
         for (int64_t i = 0; i < n_planes; i++) {
             const float *xi = x + i * x_stride, *wi = w + i * w_stride;
             const float bi = bias ? bias[i] : 0.0f;
@@ -1167,14 +1177,16 @@ AVX512_TARGET static void stem_avx512_rows(const float *x, int64_t s_in, int64_t
  * stride, and the outputs are transposed back into their planes.  The
  * transposes (64 shuffles per 256 values, each way) cost less than the
  * lanes and masks they save while the bordered map stays small enough for
- * L2 and, at stride 1, while rows are too short for the band walk's reuse
- * (576 planes 14x14: 0.060 -> 0.035 ms, 20x20 0.081 -> 0.062; 28x28 0.043
- * -> 0.046, slower; stride 2, 576 planes 14 -> 7: 0.041 -> 0.015, 144
- * planes 56 -> 28: 0.079 -> 0.063; 112 -> 56, 0.17 -> 0.20, slower).  Taps
+ * L2 (stride 2, 576 planes 14 -> 7: 0.041 -> 0.015 ms, 144 planes 56 -> 28:
+ * 0.079 -> 0.063; 112 -> 56, 0.17 -> 0.20, slower; 960 planes 32x32, 5x5
+ * dilated 2: 0.98 -> 0.63; 192 planes 48x48, 3x3 dilated 5: 0.17 -> 0.14)
+ * and, where the band walk takes the plane, while rows are too short for
+ * its reuse (576 planes 14x14: 0.060 -> 0.035, 20x20 0.081 -> 0.062; 28x28
+ * 0.043 -> 0.046 and 48x48 0.11 -> 0.14, slower).  Taps
  * in the padding are computed, not skipped, so atrous kernels whose reach
  * exceeds the map keep the other walks.
  */
-enum { BLOCKED_MAX_POSITIONS_S1 = 576, BLOCKED_MAX_POSITIONS = 4096 };
+enum { BLOCKED_MAX_POSITIONS = 4096, BLOCKED_BAND_POSITIONS = 576 };
 
 typedef struct dw_blocked {
     int64_t sh, sw;   /* strides, in positions of the bordered map */
@@ -1186,7 +1198,7 @@ typedef struct dw_blocked {
     int64_t tap[FLAT_MAX_TAPS]; /* tap t's offset from an output's first position */
 } dw_blocked;
 
-static bool blocked_geometry(const mk_conv_geom *g, dw_blocked *bg)
+static bool blocked_geometry(const mk_conv_geom *g, bool band_walks, dw_blocked *bg)
 {
     int64_t row_lo[MAX_KW], row_hi[MAX_KW];
     if (!plane_walkable(g, row_lo, row_hi)) return false;
@@ -1204,7 +1216,7 @@ static bool blocked_geometry(const mk_conv_geom *g, dw_blocked *bg)
     bg->ph = g->pad[1];
     bg->pw = g->pad[2];
     bg->in_n = bg->ih * bg->iw;
-    const int64_t limit = bg->sh * bg->sw == 1 ? BLOCKED_MAX_POSITIONS_S1 : BLOCKED_MAX_POSITIONS;
+    const int64_t limit = band_walks ? BLOCKED_BAND_POSITIONS : BLOCKED_MAX_POSITIONS;
     if (bg->hp * bg->wp > limit || bg->in_n > 4 * limit) return false;
     bg->taps = g->kernel[1] * g->kernel[2];
     for (int64_t kh = 0; kh < g->kernel[1]; kh++)
@@ -1450,9 +1462,11 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
     /* Whole groups of sixteen planes interleaved when the map is small; the
      * rest (a thread's share need not be whole groups) walk a plane at a
      * time, as a group of a few planes would leave most lanes idle. */
+    dw_flat flat;
+    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
     dw_blocked blocked;
     const int64_t grouped = n_planes / 16 * 16;
-    if (grouped > 0 && blocked_kernel && blocked_geometry(g, &blocked) &&
+    if (grouped > 0 && blocked_kernel && blocked_geometry(g, flat_ok && band_walks(&flat), &blocked) &&
         blocked_kernel(x, x_stride, w, w_stride, bias, grouped, &blocked, ep, y, y_stride)) {
         if (grouped == n_planes) return;
         x += grouped * x_stride;
@@ -1461,8 +1475,7 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
         y += grouped * y_stride;
         n_planes -= grouped;
     }
-    dw_flat flat;
-    if (flat_kernel && flat_geometry(g, &flat)) {
+    if (flat_ok) {
         flat_kernel(x, x_stride, w, w_stride, bias, n_planes, &flat, ep, y, y_stride);
         return;
     }

@@ -734,10 +734,11 @@ static void depthwise_square_cases(mk_pool *pool)
            failed - before, mk_isa_name(mk_cpu_level()));
 }
 
-/* Depthwise on small maps with sixteen channels or more: whole groups of
- * sixteen planes interleaved by channel (AVX-512) and the planes left over
- * on the other walks; strides 1 and 2 (also mixed), dilated, padding from
- * none to past the kernel, batches of one and two, every fused activation. */
+/* Depthwise on small maps (and dilated on larger ones) with sixteen
+ * channels or more: whole groups of sixteen planes interleaved by channel
+ * (AVX-512) and the planes left over on the other walks; strides 1 and 2
+ * (also mixed), padding from none to past the kernel, batches of one and
+ * two, every fused activation. */
 static void depthwise_grouped_cases(mk_pool *pool)
 {
     static const int64_t sizes[] = {1, 2, 3, 5, 7, 8, 14, 15, 16, 20, 23, 28, 40, 56, 63};
@@ -745,7 +746,6 @@ static void depthwise_grouped_cases(mk_pool *pool)
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
         for (int64_t k = 1; k <= 5; k += 2)
             for (int64_t s = 1; s <= 2; s++) {
-                if (s == 1 && sizes[si] > 24) continue; /* the band walk's maps */
                 conv_case cc;
                 memset(&cc, 0, sizeof cc);
                 cc.rank = 2;
@@ -756,6 +756,8 @@ static void depthwise_grouped_cases(mk_pool *pool)
                 cc.k[0] = cc.k[1] = k;
                 cc.s[0] = s, cc.s[1] = rng() % 4 == 0 ? 3 - s : s;
                 cc.d[0] = cc.d[1] = rng() % 3 == 0 ? 2 : 1;
+                /* Maps the band walk keeps when undilated: grouped dilated. */
+                if (s == 1 && sizes[si] > 24) cc.d[0] = cc.d[1] = 3;
                 const int64_t eff = (k - 1) * cc.d[0] + 1;
                 cc.has_pads = true;
                 for (int i = 0; i < 4; i++) {
