@@ -59,6 +59,7 @@
 #include "../mk.h"
 #include "kernels.h"
 #include "act_simd.h"
+#include "transpose_avx512.h"
 
 /* Kernel rows (kd, kh) and widths handled by the fast path; larger kernels
  * take the plain per-tap loop. */
@@ -1184,7 +1185,8 @@ AVX512_TARGET static void stem_avx512_rows(const float *x, int64_t s_in, int64_t
  * its reuse (576 planes 14x14: 0.060 -> 0.035, 20x20 0.081 -> 0.062; 28x28
  * 0.043 -> 0.046 and 48x48 0.11 -> 0.14, slower).  Taps
  * in the padding are computed, not skipped, so atrous kernels whose reach
- * exceeds the map keep the other walks.
+ * exceeds the map keep the other walks (and an Inf or NaN weight makes NaN
+ * of a padding tap here, 0 x Inf, where the other walks skip the tap).
  */
 enum { BLOCKED_MAX_POSITIONS = 4096, BLOCKED_BAND_POSITIONS = 576 };
 
@@ -1216,7 +1218,10 @@ static bool blocked_geometry(const mk_conv_geom *g, bool band_walks, dw_blocked 
     bg->ph = g->pad[1];
     bg->pw = g->pad[2];
     bg->in_n = bg->ih * bg->iw;
-    const int64_t limit = band_walks ? BLOCKED_BAND_POSITIONS : BLOCKED_MAX_POSITIONS;
+    /* Up to BLOCKED_MAX_POSITIONS where that was measured to pay: strided,
+     * or dilated kernels the band walk does not take. */
+    const bool wide = !band_walks && (bg->sh * bg->sw > 1 || g->dilation[1] > 1 || g->dilation[2] > 1);
+    const int64_t limit = wide ? BLOCKED_MAX_POSITIONS : BLOCKED_BAND_POSITIONS;
     if (bg->hp * bg->wp > limit || bg->in_n > 4 * limit) return false;
     bg->taps = g->kernel[1] * g->kernel[2];
     for (int64_t kh = 0; kh < g->kernel[1]; kh++)
@@ -1226,37 +1231,6 @@ static bool blocked_geometry(const mk_conv_geom *g, bool band_walks, dw_blocked 
 }
 
 #ifdef MK_DW_X86
-/* r[i] lane j -> r[j] lane i: unpacks of floats, then of float pairs, give
- * each 128-bit lane four rows of one column; two lane shuffles gather a
- * column's four lanes. */
-AVX512_TARGET ALWAYS_INLINE void transpose16(__m512 r[16])
-{
-    __m512 a[16], b[16];
-    for (int i = 0; i < 16; i += 2) {
-        a[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        a[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        const __m512d a0 = _mm512_castps_pd(a[i]), a1 = _mm512_castps_pd(a[i + 1]);
-        const __m512d a2 = _mm512_castps_pd(a[i + 2]), a3 = _mm512_castps_pd(a[i + 3]);
-        b[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-        b[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-        b[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-        b[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-    }
-    /* b[4g + c], lane L: column 4L + c of rows 4g .. 4g + 3. */
-    for (int c = 0; c < 4; c++) {
-        const __m512 e0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44);
-        const __m512 e1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xee);
-        const __m512 f0 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
-        const __m512 f1 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xee);
-        r[c] = _mm512_shuffle_f32x4(e0, f0, 0x88);
-        r[4 + c] = _mm512_shuffle_f32x4(e0, f0, 0xdd);
-        r[8 + c] = _mm512_shuffle_f32x4(e1, f1, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(e1, f1, 0xdd);
-    }
-}
-
 AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride, int nc,
                                                const __m512 *wv, __m512 vb,
                                                const dw_blocked *bg, const int32_t *where,
@@ -1271,7 +1245,7 @@ AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride,
         const __mmask16 m = (__mmask16)bit_range(0, cnt);
         for (int j = 0; j < 16; j++)
             r[j] = j < nc ? _mm512_maskz_loadu_ps(m, x + j * x_stride + p0) : _mm512_setzero_ps();
-        transpose16(r);
+        mk_transpose16(r);
         for (int64_t k = 0; k < cnt; k++)
             if (where[p0 + k] >= 0) _mm512_store_ps(map + (int64_t)where[p0 + k] * V, r[k]);
     }
@@ -1305,7 +1279,7 @@ AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride,
         const int64_t cnt = out_n - p0 < V ? out_n - p0 : V;
         for (int k = 0; k < 16; k++)
             r[k] = k < cnt ? _mm512_load_ps(out + (p0 + k) * V) : _mm512_setzero_ps();
-        transpose16(r);
+        mk_transpose16(r);
         const __mmask16 m = (__mmask16)bit_range(0, cnt);
         for (int j = 0; j < nc; j++) _mm512_mask_storeu_ps(y + j * y_stride + p0, m, r[j]);
     }
@@ -1445,6 +1419,22 @@ static void plane_rows(const float *x, const float *w, float bias, const mk_conv
         }
 }
 
+/* Whether the blocked walk takes g (planes then go in groups of sixteen). */
+static bool blocked_takes(const mk_conv_geom *g, dw_blocked *bg)
+{
+    dw_flat flat;
+    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
+    return blocked_kernel && blocked_geometry(g, flat_ok && band_walks(&flat), bg);
+}
+
+int64_t mk_depthwise_run(const mk_conv_geom *g)
+{
+    dw_blocked bg;
+    if (g->kernel[2] > MAX_KW || g->kernel[0] * g->kernel[1] > MAX_ROWS) return 1;
+    pthread_once(&row_once, pick_row_kernel);
+    return blocked_takes(g, &bg) ? 16 : 1;
+}
+
 void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                          const float *bias, int64_t n_planes, const mk_conv_geom *g,
                          const mk_act_spec *ep, float *y, int64_t y_stride)
@@ -1462,11 +1452,9 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
     /* Whole groups of sixteen planes interleaved when the map is small; the
      * rest (a thread's share need not be whole groups) walk a plane at a
      * time, as a group of a few planes would leave most lanes idle. */
-    dw_flat flat;
-    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
     dw_blocked blocked;
     const int64_t grouped = n_planes / 16 * 16;
-    if (grouped > 0 && blocked_kernel && blocked_geometry(g, flat_ok && band_walks(&flat), &blocked) &&
+    if (grouped > 0 && blocked_takes(g, &blocked) &&
         blocked_kernel(x, x_stride, w, w_stride, bias, grouped, &blocked, ep, y, y_stride)) {
         if (grouped == n_planes) return;
         x += grouped * x_stride;
@@ -1475,7 +1463,8 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
         y += grouped * y_stride;
         n_planes -= grouped;
     }
-    if (flat_ok) {
+    dw_flat flat;
+    if (flat_kernel && flat_geometry(g, &flat)) {
         flat_kernel(x, x_stride, w, w_stride, bias, n_planes, &flat, ep, y, y_stride);
         return;
     }

@@ -127,6 +127,11 @@ double mk_exp_sum_span(const float *x, float *y, int64_t n, float shift);
 void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
                          const float *bias, int64_t n_planes, const mk_conv_geom *g,
                          const mk_act_spec *ep, float *y, int64_t y_stride);
+/* Planes per call that let mk_depthwise_planes interleave whole groups of
+ * sixteen for this geometry (AVX-512, small maps): 16, or 1 where it walks
+ * plane by plane anyway, and a caller splitting planes over threads can
+ * hand them out one at a time. */
+int64_t mk_depthwise_run(const mk_conv_geom *g);
 
 /*
  * A conv with few input channels and stride 2 (a network's stem), direct:

@@ -111,6 +111,7 @@ typedef struct conv_plan {
     int64_t taps, s_in, s_out;
     int64_t tile, n_tiles;         /* positions of the iterated grid per item */
     int64_t m_chunk, n_mchunks;    /* output channels per item */
+    int64_t dw_run;                /* depthwise: output channels per item */
     /* Zoned im2col: rows hz[i]..hz[i+1] by columns wz[j]..wz[j+1] are zones;
      * tiles of zone (i, j) take zone_rows[j] rows; cell_first[i * n_wz + j]
      * is the zone's first tile. */
@@ -829,6 +830,7 @@ static int make_plan(mk_ctx *ctx, const conv_attrs *a, conv_plan *p)
                g->iter[d] == g->touch[d];
     if (p->cin_g == 1) {
         p->algo = ALGO_DEPTHWISE;
+        p->dw_run = p->cout_g == 1 ? mk_depthwise_run(g) : 1;
         return MASKD_OK;
     }
     /* A network's stem (3 -> 16 or 32, stride 2) goes direct: items are
@@ -924,14 +926,13 @@ static void fill_rows(float *y, int64_t rows, int64_t cols, int64_t ld, float v)
         for (int64_t i = 0; i < cols; i++) y[r * ld + i] = v;
 }
 
-/* Depthwise items are runs of up to DW_RUN output channels of one image:
- * on small maps the kernel interleaves whole groups of sixteen planes
- * (kernels/depthwise.c), so a thread's share is whole groups. */
-enum { DW_RUN = 16 };
-
+/* Depthwise items are runs of up to p->dw_run output channels of one
+ * image: where the kernel interleaves whole groups of sixteen planes
+ * (kernels/depthwise.c) a thread's share is whole groups; elsewhere single
+ * channels, which spread over any number of threads. */
 static int64_t depthwise_item_count(const conv_plan *p)
 {
-    return p->batch * mk_ceil_div(p->c_out, DW_RUN);
+    return p->batch * mk_ceil_div(p->c_out, p->dw_run);
 }
 
 static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
@@ -942,15 +943,15 @@ static void depthwise_items(const conv_job *job, int64_t begin, int64_t end)
      * in cache. */
     const bool fused = mk_act_span_supports(job->act);
     const mk_act_spec ep = {fused ? job->act : MK_ACT_NONE, job->act_alpha, job->act_beta};
-    const int64_t per_image = mk_ceil_div(p->c_out, DW_RUN);
+    const int64_t per_image = mk_ceil_div(p->c_out, p->dw_run);
     for (int64_t it = begin; it < end;) {
         const int64_t n = it / per_image, r0 = it % per_image;
         const int64_t r1 = r0 + (end - it) < per_image ? r0 + (end - it) : per_image;
-        const int64_t oc1 = r1 * DW_RUN < p->c_out ? r1 * DW_RUN : p->c_out;
+        const int64_t oc1 = r1 * p->dw_run < p->c_out ? r1 * p->dw_run : p->c_out;
         /* With one output per input channel, plane oc of x feeds plane oc
          * of y, and the whole run goes at once; otherwise one at a time. */
-        const int64_t run = p->cout_g == 1 ? oc1 - r0 * DW_RUN : 1;
-        for (int64_t oc = r0 * DW_RUN; oc < oc1; oc += run) {
+        const int64_t run = p->cout_g == 1 ? oc1 - r0 * p->dw_run : 1;
+        for (int64_t oc = r0 * p->dw_run; oc < oc1; oc += run) {
             const int64_t g = oc / p->cout_g; /* its only input channel */
             float *y = job->y + (n * p->c_out + oc) * p->s_out;
             mk_depthwise_planes(job->x + (n * p->c_in + g) * p->s_in, p->s_in,

@@ -734,11 +734,11 @@ static void depthwise_square_cases(mk_pool *pool)
            failed - before, mk_isa_name(mk_cpu_level()));
 }
 
-/* Depthwise on small maps (and dilated on larger ones) with sixteen
- * channels or more: whole groups of sixteen planes interleaved by channel
- * (AVX-512) and the planes left over on the other walks; strides 1 and 2
- * (also mixed), padding from none to past the kernel, batches of one and
- * two, every fused activation. */
+/* Depthwise on small maps (and dilated or strided on larger ones) with
+ * sixteen channels or more: whole groups of sixteen planes interleaved by
+ * channel (AVX-512) and the planes left over on the other walks; strides 1
+ * and 2 (also mixed), dilated, padding from none to past the kernel,
+ * batches of one and two, every fused activation. */
 static void depthwise_grouped_cases(mk_pool *pool)
 {
     static const int64_t sizes[] = {1, 2, 3, 5, 7, 8, 14, 15, 16, 20, 23, 28, 40, 56, 63};
