@@ -59,7 +59,6 @@
 #include "../mk.h"
 #include "kernels.h"
 #include "act_simd.h"
-#include "transpose_avx512.h"
 
 /* Kernel rows (kd, kh) and widths handled by the fast path; larger kernels
  * take the plain per-tap loop. */
@@ -1231,6 +1230,37 @@ static bool blocked_geometry(const mk_conv_geom *g, bool band_walks, dw_blocked 
 }
 
 #ifdef MK_DW_X86
+/* r[i] lane j -> r[j] lane i: unpacks of floats, then of float pairs, give
+ * each 128-bit lane four rows of one column; two lane shuffles gather a
+ * column's four lanes. */
+AVX512_TARGET ALWAYS_INLINE void transpose16(__m512 r[16])
+{
+    __m512 a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+        a[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        const __m512d a0 = _mm512_castps_pd(a[i]), a1 = _mm512_castps_pd(a[i + 1]);
+        const __m512d a2 = _mm512_castps_pd(a[i + 2]), a3 = _mm512_castps_pd(a[i + 3]);
+        b[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        b[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        b[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        b[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    /* b[4g + c], lane L: column 4L + c of rows 4g .. 4g + 3. */
+    for (int c = 0; c < 4; c++) {
+        const __m512 e0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44);
+        const __m512 e1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xee);
+        const __m512 f0 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
+        const __m512 f1 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xee);
+        r[c] = _mm512_shuffle_f32x4(e0, f0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(e0, f0, 0xdd);
+        r[8 + c] = _mm512_shuffle_f32x4(e1, f1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(e1, f1, 0xdd);
+    }
+}
+
 AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride, int nc,
                                                const __m512 *wv, __m512 vb,
                                                const dw_blocked *bg, const int32_t *where,
@@ -1245,7 +1275,7 @@ AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride,
         const __mmask16 m = (__mmask16)bit_range(0, cnt);
         for (int j = 0; j < 16; j++)
             r[j] = j < nc ? _mm512_maskz_loadu_ps(m, x + j * x_stride + p0) : _mm512_setzero_ps();
-        mk_transpose16(r);
+        transpose16(r);
         for (int64_t k = 0; k < cnt; k++)
             if (where[p0 + k] >= 0) _mm512_store_ps(map + (int64_t)where[p0 + k] * V, r[k]);
     }
@@ -1279,7 +1309,7 @@ AVX512_TARGET ALWAYS_INLINE void blocked_group(const float *x, int64_t x_stride,
         const int64_t cnt = out_n - p0 < V ? out_n - p0 : V;
         for (int k = 0; k < 16; k++)
             r[k] = k < cnt ? _mm512_load_ps(out + (p0 + k) * V) : _mm512_setzero_ps();
-        mk_transpose16(r);
+        transpose16(r);
         const __mmask16 m = (__mmask16)bit_range(0, cnt);
         for (int j = 0; j < nc; j++) _mm512_mask_storeu_ps(y + j * y_stride + p0, m, r[j]);
     }
@@ -1419,20 +1449,22 @@ static void plane_rows(const float *x, const float *w, float bias, const mk_conv
         }
 }
 
-/* Whether the blocked walk takes g (planes then go in groups of sixteen). */
-static bool blocked_takes(const mk_conv_geom *g, dw_blocked *bg)
+/* Whether the blocked walk takes g (planes then go in groups of sixteen),
+ * flat_ok saying whether the flat walk's geometry `flat` was worked out. */
+static bool blocked_takes(const mk_conv_geom *g, bool flat_ok, const dw_flat *flat,
+                          dw_blocked *bg)
 {
-    dw_flat flat;
-    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
-    return blocked_kernel && blocked_geometry(g, flat_ok && band_walks(&flat), bg);
+    return blocked_kernel && blocked_geometry(g, flat_ok && band_walks(flat), bg);
 }
 
 int64_t mk_depthwise_run(const mk_conv_geom *g)
 {
-    dw_blocked bg;
     if (g->kernel[2] > MAX_KW || g->kernel[0] * g->kernel[1] > MAX_ROWS) return 1;
     pthread_once(&row_once, pick_row_kernel);
-    return blocked_takes(g, &bg) ? 16 : 1;
+    dw_flat flat;
+    dw_blocked bg;
+    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
+    return blocked_takes(g, flat_ok, &flat, &bg) ? 16 : 1;
 }
 
 void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64_t w_stride,
@@ -1448,13 +1480,15 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
     }
     pthread_once(&row_once, pick_row_kernel);
     /* The geometry once for all planes: it costs divisions, a small plane
-     * only a few hundred FMAs. */
-    /* Whole groups of sixteen planes interleaved when the map is small; the
-     * rest (a thread's share need not be whole groups) walk a plane at a
-     * time, as a group of a few planes would leave most lanes idle. */
+     * only a few hundred FMAs.  Whole groups of sixteen planes go
+     * interleaved when the map is small; the rest (a thread's share need not
+     * be whole groups) walk a plane at a time, as a group of a few planes
+     * would leave most lanes idle. */
+    dw_flat flat;
+    const bool flat_ok = flat_kernel && flat_geometry(g, &flat);
     dw_blocked blocked;
     const int64_t grouped = n_planes / 16 * 16;
-    if (grouped > 0 && blocked_takes(g, &blocked) &&
+    if (grouped > 0 && blocked_takes(g, flat_ok, &flat, &blocked) &&
         blocked_kernel(x, x_stride, w, w_stride, bias, grouped, &blocked, ep, y, y_stride)) {
         if (grouped == n_planes) return;
         x += grouped * x_stride;
@@ -1463,8 +1497,7 @@ void mk_depthwise_planes(const float *x, int64_t x_stride, const float *w, int64
         y += grouped * y_stride;
         n_planes -= grouped;
     }
-    dw_flat flat;
-    if (flat_kernel && flat_geometry(g, &flat)) {
+    if (flat_ok) {
         flat_kernel(x, x_stride, w, w_stride, bias, n_planes, &flat, ep, y, y_stride);
         return;
     }
